@@ -1,0 +1,65 @@
+"""Affinities: the interface between the network and the post-processing.
+
+Channel ``c`` of an affinity array holds, at voxel ``p``, how likely ``p`` and ``p + offset[c]``
+belong to the same neuron. Offsets point backwards (negative), as waterz expects for the three
+nearest neighbours. On disk affinities are uint8 (0..255 = 0..1) with the offsets stored in the
+dataset's ``offsets`` attribute.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+NEAREST_OFFSETS: list[list[int]] = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+LONG_RANGE_OFFSETS: list[list[int]] = [[-3, 0, 0], [0, -9, 0], [0, 0, -9], [-9, 0, 0], [0, -27, 0], [0, 0, -27]]
+
+
+def _shifted_pair(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices (here, there) such that ``there`` is ``here`` moved by ``offset``."""
+    here, there = [], []
+    for size, o in zip(shape, offset):
+        if o >= 0:
+            here.append(slice(0, size - o))
+            there.append(slice(o, size))
+        else:
+            here.append(slice(-o, size))
+            there.append(slice(0, size + o))
+    return tuple(here), tuple(there)
+
+
+def labels_to_affinities(
+    labels: np.ndarray, offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS, background: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth affinities and their mask, both (C, Z, Y, X) float32.
+
+    An affinity is 1 where both voxels carry the same non-background id and 0 otherwise. The
+    mask is 0 where the neighbour lies outside the array (unknown), so a loss on a patch never
+    learns a false boundary at the patch border.
+    """
+    affinities = np.zeros((len(offsets), *labels.shape), dtype=np.float32)
+    mask = np.zeros_like(affinities)
+    for channel, offset in enumerate(offsets):
+        here, there = _shifted_pair(labels.shape, offset)
+        a, b = labels[here], labels[there]
+        affinities[channel][here] = (a == b) & (a != background)
+        mask[channel][here] = 1.0
+    return affinities, mask
+
+
+def boundary_to_affinities(boundary: np.ndarray, offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS) -> np.ndarray:
+    """Affinities 1 - max(p_here, p_there) from a boundary probability map in [0, 1]."""
+    affinities = np.zeros((len(offsets), *boundary.shape), dtype=np.float32)
+    for channel, offset in enumerate(offsets):
+        here, there = _shifted_pair(boundary.shape, offset)
+        affinities[channel][here] = 1.0 - np.maximum(boundary[here], boundary[there])
+    return affinities
+
+
+def to_uint8(affinities: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(affinities * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_float(affinities: np.ndarray) -> np.ndarray:
+    return affinities.astype(np.float32) / 255.0

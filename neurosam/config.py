@@ -1,0 +1,209 @@
+"""One run, as data: the YAML file a user writes is validated here, up front, and the very same
+file is handed to every worker.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Lengths are in nm,
+in z, y, x order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Vector3 = tuple[int, int, int]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key or file at fault."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoiSpec(StrictModel):
+    offset: Vector3
+    shape: Vector3
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, shape: Vector3) -> Vector3:
+        if min(shape) <= 0:
+            raise ValueError(f"ROI shape must be positive, got {shape}")
+        return shape
+
+
+class Datasets(StrictModel):
+    """Where each array of the run lives, as ``container.zarr/dataset``."""
+
+    raw: str | None = None
+    affinities: str
+    fragments: str
+    segmentation: str
+    ground_truth: str | None = None
+
+
+class BlockSpec(StrictModel):
+    block_size: Vector3
+    context: Vector3 = (0, 0, 0)
+
+    @field_validator("block_size")
+    @classmethod
+    def _positive(cls, block_size: Vector3) -> Vector3:
+        if min(block_size) <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        return block_size
+
+
+class SlurmConfig(StrictModel):
+    partition: str | None = None
+    cpus_per_worker: int = 1
+    memory: str = "4G"
+    time: str = "01:00:00"
+    gpus_per_worker: int = 0
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class WorkersConfig(StrictModel):
+    launcher: Literal["local", "slurm"] = "local"
+    count: int = Field(2, ge=1)
+    max_retries: int = Field(2, ge=0)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+
+class RagConfig(StrictModel):
+    url: str = "sqlite:///rag.db"
+
+
+class FragmentsConfig(StrictModel):
+    epsilon_agglomerate: float = Field(0.0, ge=0.0, le=1.0)
+    min_size: int = Field(0, ge=0)
+
+
+class AgglomerateConfig(StrictModel):
+    """waterz scoring functions, by the name the RAG stores their scores under."""
+
+    scoring_functions: dict[str, str] = Field(
+        default_factory=lambda: {
+            "hist_quant_50": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>",
+            "hist_quant_75": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 75, ScoreValue, 256>>",
+        }
+    )
+    max_threshold: float = Field(1.0, gt=0.0, le=1.0)
+
+    @field_validator("scoring_functions")
+    @classmethod
+    def _names(cls, scoring_functions: dict[str, str]) -> dict[str, str]:
+        if not scoring_functions:
+            raise ValueError("at least one scoring function is needed")
+        for name in scoring_functions:
+            if not name.isidentifier():
+                raise ValueError(f"scoring function name {name!r} must be an identifier")
+        return scoring_functions
+
+
+class SegmentConfig(StrictModel):
+    scoring_function: str = "hist_quant_50"
+    thresholds: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
+    edges_per_page: int = Field(1_000_000, ge=1)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, thresholds: list[float]) -> list[float]:
+        if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
+            raise ValueError(f"thresholds must be a non-empty list in [0, 1], got {thresholds}")
+        return sorted(set(thresholds))
+
+
+class EvaluateConfig(StrictModel):
+    ignore_background: bool = True
+
+
+class RunConfig(StrictModel):
+    work_dir: Path
+    datasets: Datasets
+    roi: RoiSpec | None = None
+    blocks: BlockSpec
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
+    rag: RagConfig = Field(default_factory=RagConfig)
+    fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
+    agglomerate: AgglomerateConfig = Field(default_factory=AgglomerateConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _segment_scoring_is_computed(self) -> "RunConfig":
+        if self.segment.scoring_function not in self.agglomerate.scoring_functions:
+            raise ValueError(
+                f"segment.scoring_function {self.segment.scoring_function!r} is not one of "
+                f"agglomerate.scoring_functions {sorted(self.agglomerate.scoring_functions)}"
+            )
+        return self
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections: a task's done markers live under it, so changing
+        what a task depends on starts it afresh instead of silently reusing old blocks."""
+        payload = json.dumps(
+            {name: _jsonable(getattr(self, name)) for name in sections}, sort_keys=True, default=str
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def _jsonable(value):
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def _resolve_relative(data: dict, base: Path) -> dict:
+    """Paths in a config are relative to the config file, so a run works from any directory."""
+
+    def resolve(value: str | None) -> str | None:
+        if value is None or "://" in value or Path(value).is_absolute():
+            return value
+        return str((base / value).resolve())
+
+    data = dict(data)
+    if "work_dir" in data:
+        data["work_dir"] = resolve(str(data["work_dir"]))
+    if isinstance(data.get("datasets"), dict):
+        data["datasets"] = {k: resolve(v) for k, v in data["datasets"].items()}
+    rag = data.get("rag")
+    if isinstance(rag, dict) and str(rag.get("url", "")).startswith("sqlite:///"):
+        db_path = rag["url"][len("sqlite:///") :]
+        data["rag"] = {**rag, "url": "sqlite:///" + resolve(db_path)}
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def format_validation_error(path: str | Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid config"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    data = _resolve_relative(load_yaml(path), path.resolve().parent)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(path, error)) from None

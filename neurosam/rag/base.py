@@ -1,0 +1,76 @@
+"""The region adjacency graph store: one interface, one backend per database.
+
+Nodes are fragments (id, centre in nm, size in voxels); edges are fragment pairs ``u < v`` with
+one merge score per scoring function. Every write is an upsert keyed by id or (u, v), so a block
+that is retried after a crash duplicates nothing. Blocks record that they finished in the same
+store (``mark_block_done``), which is how a resumed run knows what it may skip.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import numpy as np
+from funlib.geometry import Roi
+
+
+class RagError(RuntimeError):
+    """The database cannot be used (unreachable, read-only, wrong schema): the message names it."""
+
+
+class RagStore(ABC):
+    """Arrays in, arrays out: ids are uint64, positions float64 (N, 3) in nm (z, y, x)."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise RagError naming the database when it cannot be reached or written."""
+
+    @abstractmethod
+    def write_nodes(self, ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def write_edges(self, u: np.ndarray, v: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+        """Upsert edges; ``scores`` maps a scoring-function name to one score per edge."""
+
+    @abstractmethod
+    def read_nodes(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
+        """Nodes whose centre lies in ``roi`` (all if None): keys ``ids``, ``positions``, ``sizes``."""
+
+    @abstractmethod
+    def read_edges(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
+        """Edges whose ``u`` node lies in ``roi``: keys ``u``, ``v`` and one per scoring function."""
+
+    @abstractmethod
+    def iter_node_ids(self, page_size: int) -> Iterator[np.ndarray]:
+        """All node ids in ascending order, a page at a time (bounded memory)."""
+
+    @abstractmethod
+    def iter_edges_below(self, scoring_function: str, threshold: float, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(u, v) pages of the edges whose score is strictly below ``threshold``."""
+
+    @abstractmethod
+    def count_nodes(self) -> int: ...
+
+    @abstractmethod
+    def count_edges(self) -> int: ...
+
+    @abstractmethod
+    def delete_in_roi(self, roi: Roi) -> None:
+        """Drop the nodes whose centre lies in ``roi`` and the edges whose ``u`` does: a block
+        recomputed with other parameters must not leave stale fragments behind."""
+
+    @abstractmethod
+    def mark_block_done(self, task: str, block_id: int) -> None: ...
+
+    @abstractmethod
+    def done_blocks(self, task: str) -> set[int]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "RagStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
