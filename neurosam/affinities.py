@@ -30,13 +30,18 @@ def _shifted_pair(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple[sl
 
 
 def labels_to_affinities(
-    labels: np.ndarray, offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS, background: int = 0
+    labels: np.ndarray,
+    offsets: Sequence[Sequence[int]] = NEAREST_OFFSETS,
+    background: int = 0,
+    known: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth affinities and their mask, both (C, Z, Y, X) float32.
 
     An affinity is 1 where both voxels carry the same non-background id and 0 otherwise. The
     mask is 0 where the neighbour lies outside the array (unknown), so a loss on a patch never
-    learns a false boundary at the patch border.
+    learns a false boundary at the patch border. ``known`` (boolean, the labels' shape) marks
+    voxels whose label is unknown, such as padding or content moved in by an augmentation: the
+    mask is 0 where either voxel of a pair is not known.
     """
     affinities = np.zeros((len(offsets), *labels.shape), dtype=np.float32)
     mask = np.zeros_like(affinities)
@@ -44,7 +49,7 @@ def labels_to_affinities(
         here, there = _shifted_pair(labels.shape, offset)
         a, b = labels[here], labels[there]
         affinities[channel][here] = (a == b) & (a != background)
-        mask[channel][here] = 1.0
+        mask[channel][here] = 1.0 if known is None else known[here] & known[there]
     return affinities, mask
 
 
@@ -63,3 +68,15 @@ def to_uint8(affinities: np.ndarray) -> np.ndarray:
 
 def to_float(affinities: np.ndarray) -> np.ndarray:
     return affinities.astype(np.float32) / 255.0
+
+
+def store_affinities(path: str, affinities: np.ndarray, roi, voxel_size, offsets: Sequence[Sequence[int]], chunk_voxels=None):
+    """Write float affinities in [0, 1] as the uint8 dataset the post-processing reads."""
+    from neurosam.volumes import create_array
+
+    array = create_array(
+        path, roi, voxel_size, np.uint8, channels=len(offsets), chunk_voxels=chunk_voxels,
+        attrs={"offsets": [list(map(int, o)) for o in offsets]},
+    )
+    array[roi] = to_uint8(affinities)
+    return array

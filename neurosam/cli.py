@@ -1,0 +1,144 @@
+"""The ``neurosam`` command. Each subcommand takes the run's config file; errors in the input are
+reported in one line naming the problem, with exit status 2, before any work starts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from neurosam.config import ConfigError
+from neurosam.pipeline.blocks import STAGES
+from neurosam.volumes import VolumeError
+
+
+def _run(args) -> None:
+    from neurosam.pipeline.run import format_summary, run_pipeline
+
+    print(format_summary(run_pipeline(args.config, until=args.until)))
+
+
+def _stage(args) -> None:
+    from neurosam.pipeline.run import format_summary, run_pipeline
+
+    print(format_summary(run_pipeline(args.config, until=args.command)))
+
+
+def _status(args) -> None:
+    from neurosam.pipeline.run import run_status
+
+    for task_id, done, total in run_status(args.config):
+        print(f"{task_id:<24} {done:>7}/{total:<7} blocks done")
+
+
+def _worker(args) -> None:
+    from neurosam.pipeline.launchers import worker_main
+
+    worker_main(str(Path(args.config).resolve()), args.task)
+
+
+def _demo(args) -> None:
+    from neurosam.demo import prepare_demo
+    from neurosam.pipeline.run import format_summary, run_pipeline
+
+    config_path = prepare_demo(args.work_dir)
+    print(f"demo config: {config_path}")
+    print(format_summary(run_pipeline(config_path)))
+    print(f"pictures: {config_path.parent / 'segmentation.png'}, {config_path.parent / 'evaluation.png'}")
+
+
+def _convert(args) -> None:
+    from neurosam.convert import convert
+
+    convert(args.input, args.dataset, args.output, voxel_size=args.voxel_size, offset=args.offset)
+    print(f"wrote {args.output}")
+
+
+def _view(args) -> None:
+    from neurosam.config import load_config
+    from neurosam.view import render_overview
+    from neurosam.workers.relabel import segmentation_path
+
+    config = load_config(args.config)
+    if config.datasets.raw is None:
+        raise ConfigError(f"{args.config}: datasets.raw is needed to draw the segmentation over it")
+    threshold = args.threshold if args.threshold is not None else config.segment.thresholds[len(config.segment.thresholds) // 2]
+    out = Path(args.out or config.work_dir / f"view_{threshold:.4f}.png")
+    render_overview(config.datasets.raw, segmentation_path(config, threshold), out, z=args.z)
+    print(f"wrote {out}")
+
+
+def _train(args) -> None:
+    from neurosam.model.training import train_from_config
+
+    train_from_config(args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neurosam", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run every stage of a config (resumes where a run stopped)")
+    run.add_argument("config")
+    run.add_argument("--until", choices=STAGES, help="stop after this stage")
+    run.set_defaults(handler=_run)
+    for stage in STAGES:
+        command = commands.add_parser(stage, help=f"run the stages up to and including {stage}")
+        command.add_argument("config")
+        command.set_defaults(handler=_stage)
+
+    status = commands.add_parser("status", help="blocks done / total per task")
+    status.add_argument("config")
+    status.set_defaults(handler=_status)
+
+    worker = commands.add_parser("worker", help="process blocks for a running scheduler (used by the SLURM launcher)")
+    worker.add_argument("config")
+    worker.add_argument("--task", required=True)
+    worker.set_defaults(handler=_worker)
+
+    demo = commands.add_parser("demo", help="segment the bundled FIB-SEM crop end to end")
+    demo.add_argument("--work-dir", default="runs/demo")
+    demo.set_defaults(handler=_demo)
+
+    convert = commands.add_parser("convert", help="HDF5 or TIFF stack to zarr, chunk by chunk")
+    convert.add_argument("input", help="an .h5/.hdf5 file, a multi-page .tif, or a directory of .tif slices")
+    convert.add_argument("output", help="container.zarr/dataset")
+    convert.add_argument("--dataset", help="dataset inside the HDF5 file")
+    convert.add_argument("--voxel-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; default: the HDF5 'resolution' attribute")
+    convert.add_argument("--offset", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; default: the HDF5 'offset' attribute")
+    convert.set_defaults(handler=_convert)
+
+    view = commands.add_parser("view", help="draw a section of the raw with a segmentation over it")
+    view.add_argument("config")
+    view.add_argument("--threshold", type=float)
+    view.add_argument("--z", type=int, help="section index (default: middle)")
+    view.add_argument("--out", help="PNG path (default: in the work dir)")
+    view.set_defaults(handler=_view)
+
+    train = commands.add_parser("train", help="train the affinity network from a training config")
+    train.add_argument("config")
+    train.set_defaults(handler=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neurosam.pipeline.plan import InputError
+    from neurosam.rag import RagError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        args.handler(args)
+    except (ConfigError, VolumeError, InputError, RagError) as error:
+        print(f"neurosam: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("neurosam: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""What a worker process does with a block it was handed: call the stage's block function, then
+record in the RAG that the block finished.
+
+Every worker, local or on a SLURM node, gets the config file's path and rebuilds the same run
+from it; the opened config, database connection and block grid are kept for the process's life.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from neurosam.config import RunConfig, load_config
+from neurosam.pipeline.plan import RunPlan, plan_run
+from neurosam.rag import RagStore, open_rag
+from neurosam.workers.agglomerate import agglomerate_block
+from neurosam.workers.evaluation import evaluate_run
+from neurosam.workers.fragments import extract_fragments
+from neurosam.workers.relabel import relabel_block
+from neurosam.workers.segment import find_segments
+
+STAGES = ("fragments", "agglomerate", "segment", "relabel", "evaluate")
+
+
+def stage_of(task_id: str) -> str:
+    return task_id.rsplit("-", 1)[0]
+
+
+@functools.cache
+def worker_context(config_path: str) -> tuple[RunConfig, RagStore, RunPlan]:
+    config = load_config(config_path)
+    return config, open_rag(config.rag.url), plan_run(config, check_database=False)
+
+
+def run_block(config_path: str, task_id: str, block) -> None:
+    config, rag, plan = worker_context(config_path)
+    stage = stage_of(task_id)
+    if stage == "fragments":
+        extract_fragments(config, rag, plan.grid, block)
+    elif stage == "agglomerate":
+        agglomerate_block(config, rag, plan.grid, block)
+    elif stage == "segment":
+        find_segments(config, rag)
+    elif stage == "relabel":
+        relabel_block(config, block)
+    elif stage == "evaluate":
+        evaluate_run(config, plan.volume_roi)
+    else:
+        raise ValueError(f"unknown task {task_id!r}; stages are {STAGES}")
+    rag.mark_block_done(task_id, block.block_id[1])

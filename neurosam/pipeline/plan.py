@@ -1,0 +1,123 @@
+"""Check a run's inputs before any work starts, and work out the volume and block grid it covers.
+
+Everything here reads metadata only. A problem gets one error that names the dataset, key or
+database at fault, raised before a single block runs, so nothing already written is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from neurosam.config import RunConfig
+from neurosam.rag import open_rag
+from neurosam.volumes import array_attrs, create_array, dataset_exists, describe, open_array
+from neurosam.workers.blockgrid import BlockGrid
+from neurosam.workers.fragments import nearest_neighbour_channels
+from neurosam.workers.relabel import segmentation_path
+
+
+class InputError(ValueError):
+    """Input that cannot run: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    volume_roi: Roi
+    voxel_size: Coordinate
+    block_size: Coordinate
+    context: Coordinate
+
+    @property
+    def grid(self) -> BlockGrid:
+        return BlockGrid(self.volume_roi, self.block_size, self.voxel_size)
+
+    @property
+    def chunk_voxels(self) -> tuple[int, ...]:
+        """Output chunks equal blocks, so no two workers ever write the same chunk."""
+        return tuple(self.block_size / self.voxel_size)
+
+
+def _require_multiple(name: str, value: Coordinate, voxel_size: Coordinate) -> None:
+    if value % voxel_size != Coordinate((0,) * len(voxel_size)):
+        raise InputError(f"{name} {tuple(value)} nm is not a multiple of the voxel size {tuple(voxel_size)} nm")
+
+
+LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64", "int32", "int64"))
+
+
+def _check_input(path: str, role: str, dtypes: tuple, voxel_size: Coordinate, volume_roi: Roi) -> None:
+    array = open_array(path)
+    if array.dtype not in dtypes:
+        raise InputError(f"{role} {path}: dtype {array.dtype}, expected one of {[str(d) for d in dtypes]}")
+    if array.voxel_size != voxel_size:
+        raise InputError(
+            f"{role} {path}: voxel size {tuple(array.voxel_size)} nm does not match the affinities' {tuple(voxel_size)} nm"
+        )
+    if not array.roi.contains(volume_roi):
+        raise InputError(f"{role} {path}: its ROI {array.roi} does not cover the run's ROI {volume_roi}")
+
+
+def _check_output(path: str, role: str, voxel_size: Coordinate, volume_roi: Roi) -> None:
+    """An existing output is reused (that is how a run resumes) only if it is the same array."""
+    if not dataset_exists(path):
+        return
+    array = open_array(path)
+    if array.dtype != np.uint64 or array.voxel_size != voxel_size or array.roi != volume_roi:
+        raise InputError(
+            f"{role} {path} already exists as {describe(array)}, which does not fit this run "
+            f"(uint64, voxel {tuple(voxel_size)} nm, ROI {volume_roi}); it is left untouched: "
+            "point the config at a new dataset or remove the old one"
+        )
+
+
+def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
+    affinities = open_array(config.datasets.affinities)
+    if affinities.dtype != np.uint8:
+        raise InputError(f"affinities {config.datasets.affinities}: dtype {affinities.dtype}, expected uint8 (0..255 = 0..1)")
+    if len(affinities.shape) != 4:
+        raise InputError(f"affinities {config.datasets.affinities}: expected (channels, z, y, x), got shape {affinities.shape}")
+    offsets = array_attrs(affinities).get("offsets")
+    if offsets is None:
+        raise InputError(f"affinities {config.datasets.affinities}: no 'offsets' attribute naming the neighbourhood of each channel")
+    try:
+        nearest_neighbour_channels(offsets)
+    except ValueError as error:
+        raise InputError(f"affinities {config.datasets.affinities}: {error}") from None
+
+    voxel_size = affinities.voxel_size
+    volume_roi = affinities.roi
+    if config.roi is not None:
+        volume_roi = Roi(config.roi.offset, config.roi.shape)
+        _require_multiple("roi.offset", volume_roi.offset, voxel_size)
+        _require_multiple("roi.shape", volume_roi.shape, voxel_size)
+        if not affinities.roi.contains(volume_roi):
+            raise InputError(f"roi {volume_roi} lies outside the affinities' ROI {affinities.roi}")
+    block_size = Coordinate(config.blocks.block_size)
+    context = Coordinate(config.blocks.context)
+    _require_multiple("blocks.block_size", block_size, voxel_size)
+    _require_multiple("blocks.context", context, voxel_size)
+
+    if config.datasets.raw is not None:
+        _check_input(config.datasets.raw, "raw", (np.dtype(np.uint8),), voxel_size, volume_roi)
+    if config.datasets.ground_truth is not None:
+        _check_input(config.datasets.ground_truth, "ground truth", LABEL_DTYPES, voxel_size, volume_roi)
+    _check_output(config.datasets.fragments, "fragments", voxel_size, volume_roi)
+    for threshold in config.segment.thresholds:
+        _check_output(segmentation_path(config, threshold), "segmentation", voxel_size, volume_roi)
+
+    if check_database:
+        with open_rag(config.rag.url) as rag:
+            rag.check_writable()
+    return RunPlan(volume_roi, voxel_size, block_size, context)
+
+
+def prepare_outputs(config: RunConfig, plan: RunPlan) -> None:
+    """Create the output arrays (empty, or reopened as they are when resuming)."""
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    paths = [config.datasets.fragments] + [segmentation_path(config, t) for t in config.segment.thresholds]
+    for path in paths:
+        create_array(path, plan.volume_roi, plan.voxel_size, np.uint64, chunk_voxels=plan.chunk_voxels)
+

@@ -1,0 +1,61 @@
+"""Progress a person can read in a terminal or a SLURM log: blocks done / total, rate and ETA per
+task, a line every few seconds (no bars that garble log files), also written to progress.log."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class ProgressLog:
+    """A daisy progress observer (on_start / on_progress / on_finish)."""
+
+    def __init__(self, log_path: Path, interval_seconds: float = 5.0, echo: bool = True):
+        self.log_path = log_path
+        self.interval_seconds = interval_seconds
+        self.echo = echo
+        self.started: dict[str, tuple[float, int]] = {}
+        self.last_report = 0.0
+
+    def _line(self, task_id: str, state, now: float) -> str:
+        done = state.completed_count
+        total = state.total_block_count
+        line = f"{task_id:<24} {done:>7}/{total:<7} ({100.0 * done / max(total, 1):5.1f}%)"
+        if state.failed_count:
+            line += f" failed {state.failed_count}"
+        if task_id not in self.started and (done or state.processing_count):
+            self.started[task_id] = (now, done)
+        if task_id in self.started and done < total:
+            start_time, start_done = self.started[task_id]
+            rate = (done - start_done) / max(now - start_time, 1e-9)
+            if rate > 0:
+                line += f"  {rate:6.2f} blocks/s  ETA {_duration((total - done) / rate)}"
+        return line
+
+    def _report(self, states, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_report < self.interval_seconds:
+            return
+        self.last_report = now
+        lines = [self._line(task_id, state, now) for task_id, state in states.items()]
+        stamp = time.strftime("%H:%M:%S")
+        text = "\n".join(f"[{stamp}] {line}" for line in lines) + "\n"
+        with self.log_path.open("a") as log:
+            log.write(text)
+        if self.echo:
+            print(text, end="", flush=True)
+
+    def on_start(self, states) -> None:
+        self._report(states, force=True)
+
+    def on_progress(self, states) -> None:
+        self._report(states)
+
+    def on_finish(self, states) -> None:
+        self._report(states, force=True)

@@ -1,0 +1,110 @@
+"""Run a config from start (or from wherever a killed run stopped) to the end, and report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import daisy.v2 as daisy
+from daisy import logging as daisy_logging
+
+from neurosam.config import RunConfig, load_config
+from neurosam.pipeline.plan import plan_run, prepare_outputs
+from neurosam.pipeline.progress import ProgressLog
+from neurosam.pipeline.tasks import build_pipeline, stage_blocks, stages_for, task_ids
+from neurosam.rag import open_rag
+
+logger = logging.getLogger(__name__)
+
+
+class RunFailed(RuntimeError):
+    """Some blocks failed for good; the summary and the worker logs say which and why."""
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_pipeline(config_path: str | Path, until: str | None = None, echo_progress: bool = True) -> dict:
+    """Run every stage up to ``until`` (all by default); finished blocks are skipped."""
+    from neurosam.pipeline.launchers import cancel_submitted_jobs
+
+    config_path = str(Path(config_path).resolve())
+    config = load_config(config_path)
+    if until is not None and until not in stages_for(config):
+        raise ValueError(f"no stage {until!r} in this run; stages are {stages_for(config)}")
+    plan = plan_run(config)
+    prepare_outputs(config, plan)
+    log_dir = config.work_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    daisy_logging.set_log_basedir(log_dir)
+    daisy.set_tracking_basedir(config.work_dir / "tracking")
+
+    pipeline = build_pipeline(config, config_path, plan, until)
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    started = time.time()
+    try:
+        states = daisy.run_blockwise(
+            pipeline,
+            progress=ProgressLog(log_dir / "progress.log", echo=echo_progress),
+            return_states=True,
+            host="127.0.0.1" if config.workers.launcher == "local" else None,
+            summary=False,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+        cancel_submitted_jobs(config)
+    summary = _write_summary(config, config_path, states, time.time() - started)
+    failed = {task: s.last_worker_error for task, s in states.items() if s.completed_count < s.total_block_count}
+    if failed:
+        details = "\n".join(f"  {task}: {error}" for task, error in failed.items())
+        raise RunFailed(f"blocks failed (logs in {log_dir}):\n{details}")
+    return summary
+
+
+def _write_summary(config: RunConfig, config_path: str, states, seconds: float) -> dict:
+    tasks = {
+        task: {
+            "blocks": s.total_block_count,
+            "completed": s.completed_count,
+            "skipped_as_done": s.skipped_count,
+            "failed": s.failed_count,
+            "orphaned": s.orphaned_count,
+        }
+        for task, s in states.items()
+    }
+    summary = {"config": config_path, "seconds": round(seconds, 2), "tasks": tasks}
+    evaluation = config.work_dir / "evaluation.json"
+    if evaluation.exists():
+        summary["evaluation"] = json.loads(evaluation.read_text())
+    (config.work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def run_status(config_path: str | Path) -> list[tuple[str, int, int]]:
+    """(task id, blocks done, blocks total) per stage, from the RAG's record of finished blocks."""
+    config = load_config(config_path)
+    plan = plan_run(config, check_database=False)
+    with open_rag(config.rag.url) as rag:
+        return [
+            (task_id, len(rag.done_blocks(task_id)), stage_blocks(stage, plan).block_count)
+            for stage, task_id in task_ids(config).items()
+        ]
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"run finished in {summary['seconds']:.1f} s"]
+    for task, counts in summary["tasks"].items():
+        lines.append(
+            f"  {task:<24} {counts['completed']:>6}/{counts['blocks']:<6} done"
+            f" ({counts['skipped_as_done']} skipped as already done, {counts['failed']} failed)"
+        )
+    for threshold, scores in summary.get("evaluation", {}).get("thresholds", {}).items():
+        lines.append(
+            f"  threshold {threshold}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
+            f"merge {scores['voi_merge']:.3f}), adapted Rand error {scores['adapted_rand_error']:.3f}"
+        )
+    return "\n".join(lines)

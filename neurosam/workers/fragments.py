@@ -1,0 +1,73 @@
+"""Fragments: a watershed of each block's affinities, cut to the block and given volume-wide ids.
+
+The watershed sees the block plus its context, so a fragment's shape near the block border does
+not depend on where the border is; only the part inside the write ROI is kept, which makes every
+fragment belong to exactly one block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import waterz
+from funlib.geometry import Roi
+
+from neurosam.affinities import NEAREST_OFFSETS, to_float
+from neurosam.config import RunConfig
+from neurosam.rag import RagStore
+from neurosam.volumes import array_attrs, open_array
+from neurosam.workers.blockgrid import BlockGrid
+
+
+def nearest_neighbour_channels(offsets: list[list[int]]) -> list[int]:
+    """waterz reads the three nearest-neighbour affinities; find them among the stored offsets."""
+    try:
+        return [offsets.index(offset) for offset in NEAREST_OFFSETS]
+    except ValueError:
+        raise ValueError(f"affinity offsets {offsets} lack the nearest neighbours {NEAREST_OFFSETS}") from None
+
+
+def read_nearest_affinities(config: RunConfig, roi: Roi) -> np.ndarray:
+    """Float (3, Z, Y, X) affinities of ``roi``; outside the volume they read as 0 (a boundary)."""
+    affinities = open_array(config.datasets.affinities)
+    channels = nearest_neighbour_channels(array_attrs(affinities)["offsets"])
+    data = affinities.to_ndarray(roi, fill_value=0)
+    return np.ascontiguousarray(to_float(data[channels]))
+
+
+def watershed(affinities: np.ndarray, epsilon_agglomerate: float) -> np.ndarray:
+    return next(waterz.agglomerate(affinities, [epsilon_agglomerate])).astype(np.uint64)
+
+
+def relabel_local(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Consecutive ids 1..n for the labels present; labels smaller than ``min_size`` become 0."""
+    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    keep = (values != 0) & (counts >= min_size)
+    new_ids = np.zeros(len(values), dtype=np.uint64)
+    new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint64)
+    return new_ids[inverse].reshape(labels.shape)
+
+
+def fragment_nodes(fragments: np.ndarray, roi: Roi, voxel_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, centres in nm, sizes) of the fragments in an array covering ``roi``."""
+    flat = fragments.ravel()
+    ids, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
+    coordinates = np.indices(fragments.shape).reshape(3, -1)
+    centres = np.stack([np.bincount(inverse, weights=c) for c in coordinates], axis=1) / sizes[:, None]
+    positions = np.asarray(roi.offset) + (centres + 0.5) * np.asarray(voxel_size)
+    nonzero = ids != 0
+    return ids[nonzero], positions[nonzero], sizes[nonzero]
+
+
+def extract_fragments(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
+    write_roi = block.write_roi
+    affinities = read_nearest_affinities(config, block.read_roi)
+    labels = watershed(affinities, config.fragments.epsilon_agglomerate)
+    inner = (write_roi - block.read_roi.offset) / grid.voxel_size
+    local = relabel_local(labels[inner.to_slices()], config.fragments.min_size)
+    fragments = np.where(local > 0, local + np.uint64(grid.first_id(write_roi)), np.uint64(0))
+
+    output = open_array(config.datasets.fragments, mode="r+")
+    output[write_roi] = fragments
+    ids, positions, sizes = fragment_nodes(fragments, write_roi, grid.voxel_size)
+    rag.delete_in_roi(write_roi)
+    rag.write_nodes(ids, positions, sizes)

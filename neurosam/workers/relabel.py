@@ -1,0 +1,22 @@
+"""Relabel: turn each block of fragments into segments through the lookup table of each threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neurosam.config import RunConfig
+from neurosam.volumes import open_array
+from neurosam.workers.segment import apply_lookup, fragment_ids_path, lookup_path
+
+
+def segmentation_path(config: RunConfig, threshold: float) -> str:
+    return f"{config.datasets.segmentation}/{config.segment.scoring_function}/threshold_{threshold:.4f}"
+
+
+def relabel_block(config: RunConfig, block) -> None:
+    fragments = open_array(config.datasets.fragments)[block.write_roi]
+    ids = np.load(fragment_ids_path(config), mmap_mode="r")
+    for threshold in config.segment.thresholds:
+        table = np.load(lookup_path(config, threshold), mmap_mode="r")
+        output = open_array(segmentation_path(config, threshold), mode="r+")
+        output[block.write_roi] = apply_lookup(fragments, ids, table)

@@ -1,0 +1,99 @@
+"""Segments: connected components of the fragments joined by edges scored below a threshold.
+
+The graph of a whole brain does not fit in one process, so nothing here holds it: node ids and
+the union-find forest live in memory-mapped files on disk, and edges stream from the RAG a page
+at a time. Each component is named after its smallest fragment id, so segment ids are never 0
+and do not depend on the order edges arrive in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neurosam.config import RunConfig
+from neurosam.rag import RagStore
+
+
+def lookup_dir(config: RunConfig) -> Path:
+    return config.work_dir / "lookup" / config.segment.scoring_function
+
+
+def fragment_ids_path(config: RunConfig) -> Path:
+    return lookup_dir(config) / "fragment_ids.npy"
+
+
+def lookup_path(config: RunConfig, threshold: float) -> Path:
+    return lookup_dir(config) / f"threshold_{threshold:.4f}.npy"
+
+
+def _write_fragment_ids(rag: RagStore, path: Path, page_size: int) -> np.ndarray:
+    ids = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint64, shape=(rag.count_nodes(),))
+    start = 0
+    for page in rag.iter_node_ids(page_size):
+        ids[start : start + len(page)] = page
+        start += len(page)
+    if start != len(ids):
+        raise RuntimeError(f"the RAG changed while reading its nodes ({start} read, {len(ids)} counted)")
+    ids.flush()
+    del ids
+    path.with_suffix(".tmp.npy").replace(path)
+    return np.load(path, mmap_mode="r")
+
+
+def _find(parent: np.ndarray, node: int) -> int:
+    root = node
+    while parent[root] != root:
+        root = int(parent[root])
+    while parent[node] != root:
+        parent[node], node = root, int(parent[node])
+    return root
+
+
+def _components(rag: RagStore, ids: np.ndarray, scoring_function: str, threshold: float, page_size: int, parent: np.ndarray) -> None:
+    parent[:] = np.arange(len(ids), dtype=np.int64)
+    for u, v in rag.iter_edges_below(scoring_function, threshold, page_size):
+        for a, b in zip(np.searchsorted(ids, u).tolist(), np.searchsorted(ids, v).tolist()):
+            root_a, root_b = _find(parent, a), _find(parent, b)
+            if root_a != root_b:
+                parent[max(root_a, root_b)] = min(root_a, root_b)
+
+
+def find_segments(config: RunConfig, rag: RagStore) -> None:
+    """Write one lookup table per threshold: segment id for each fragment, in fragment id order."""
+    directory = lookup_dir(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    page_size = config.segment.edges_per_page
+    ids = _write_fragment_ids(rag, fragment_ids_path(config), page_size)
+    parent = np.lib.format.open_memmap(directory / "union_find.npy", mode="w+", dtype=np.int64, shape=(len(ids),))
+    for threshold in config.segment.thresholds:
+        _components(rag, ids, config.segment.scoring_function, threshold, page_size, parent)
+        final = lookup_path(config, threshold)
+        table = np.lib.format.open_memmap(final.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint64, shape=(len(ids),))
+        for start in range(0, len(ids), page_size):
+            stop = min(start + page_size, len(ids))
+            roots = np.fromiter((_find(parent, i) for i in range(start, stop)), dtype=np.int64, count=stop - start)
+            table[start:stop] = ids[roots]
+        table.flush()
+        del table
+        final.with_suffix(".tmp.npy").replace(final)
+    del parent
+    (directory / "union_find.npy").unlink()
+
+
+def apply_lookup(fragments: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Map fragment ids to segment ids; 0 stays 0. Tables may be memory-mapped."""
+    flat_ids, inverse = np.unique(fragments, return_inverse=True)
+    segments = np.zeros(len(flat_ids), dtype=np.uint64)
+    nonzero = flat_ids != 0
+    positions = np.searchsorted(ids, flat_ids[nonzero])
+    positions = np.minimum(positions, len(ids) - 1)
+    unknown = ids[positions] != flat_ids[nonzero] if len(ids) else np.ones(nonzero.sum(), dtype=bool)
+    if unknown.any():
+        raise ValueError(
+            f"fragments {flat_ids[nonzero][unknown][:5].tolist()} are not in the RAG: "
+            "the fragments task and the RAG disagree (was the RAG changed or the run mixed with another?)"
+        )
+    segments[nonzero] = table[positions]
+    return segments[inverse].reshape(fragments.shape)
