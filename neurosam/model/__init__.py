@@ -1,0 +1,72 @@
+"""The network: SAM2-guided affinity network (FGNet) and its baselines, built from a
+ModelConfig, saved with that config so that a checkpoint file alone rebuilds the model.
+
+Every model maps raw (B, 1, Z, Y, X) float32 in [0, 1], with Z, Y, X multiples of its
+``input_multiple``, to a dict of affinity logits (B, len(offsets), Z, Y, X): "refined" always,
+"coarse" too for FGNet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from neurosam.model.config import ModelConfig
+from neurosam.model.fge import FineGrainedEncoder
+from neurosam.model.fgnet import FGNet
+from neurosam.model.unet3d import MalaEncoder, UNet3d
+
+CHECKPOINT_FORMAT = "neurosam-model/1"
+
+__all__ = ["ModelConfig", "ModelCheckpointError", "build_model", "save_checkpoint", "load_model"]
+
+
+class ModelCheckpointError(ValueError):
+    """A file that is not a neurosam model checkpoint; names the file."""
+
+
+def build_model(config: ModelConfig, *, load_sam2_weights: bool = True) -> nn.Module:
+    """The configured network. ``load_sam2_weights=False`` skips reading the official SAM2
+    checkpoint, for when the weights come from a neurosam checkpoint instead."""
+    if config.architecture == "fgnet":
+        return FGNet(config, load_sam2_weights=load_sam2_weights)
+    if config.architecture == "fge":
+        return UNet3d(FineGrainedEncoder(config.fge), config.fge, config.num_channels)
+    return UNet3d(MalaEncoder(config.unet), config.unet, config.num_channels, config.unet.normalise)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfig, extra: dict | None = None) -> None:
+    """Weights, the config that built them, and ``extra`` (training state: tensors, numbers,
+    strings and containers of them, as the file is read back with ``weights_only``).
+
+    Written to a temporary file and renamed, so an interrupted save never leaves a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": model_config.model_dump(mode="json"),
+        "state_dict": model.state_dict(),
+        "extra": extra or {},
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)
+
+
+def load_model(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
+    """The model rebuilt from the config stored in the file, its weights, and ``extra``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelCheckpointError(f"model checkpoint {path} does not exist")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ModelCheckpointError(f"{path} is not a neurosam model checkpoint ({CHECKPOINT_FORMAT})")
+    config = ModelConfig.model_validate(checkpoint["model_config"])
+    model = build_model(config, load_sam2_weights=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, config, checkpoint["extra"]

@@ -1,0 +1,161 @@
+"""SAM2's Hiera image encoder (trunk and FPN neck) applied slice by slice to a 3D patch.
+
+The encoder is instantiated from the YAML configs shipped inside the ``sam2`` package, taking
+only their ``image_encoder`` node, so the rest of SAM2 (and torchvision) is never imported.
+Weights come from the official checkpoint files: ``{"model": state_dict}`` with the encoder's
+keys under ``image_encoder.``.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from neurosam.model.config import Sam2Config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_SUFFIX = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
+ENCODER_PREFIX = "image_encoder."
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VARIANT_SIGNATURES = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus", (144, 48): "large"}
+"""(trunk embedding width, number of Hiera blocks) of each released variant."""
+FEATURE_CHANNELS = 256
+"""Width of every FPN level (the neck's d_model in all released configs)."""
+FEATURE_STRIDES = (4, 8, 16)
+"""Strides of the FPN levels SAM2 keeps (scalp 1 drops the stride-32 level)."""
+
+
+class Sam2CheckpointError(ValueError):
+    """A SAM2 checkpoint that cannot be loaded into the configured encoder; names the file."""
+
+
+def encoder_yaml(variant: str, version: str) -> Path:
+    name = f"sam2_hiera_{CONFIG_SUFFIX[variant]}.yaml" if version == "2" else f"sam2.1_hiera_{CONFIG_SUFFIX[variant]}.yaml"
+    return Path(str(files("sam2") / "configs" / f"sam{version}" / name))
+
+
+def build_image_encoder(variant: str, version: str, image_size: int) -> nn.Module:
+    """sam2.modeling.backbones.image_encoder.ImageEncoder as the official config defines it."""
+    node = OmegaConf.load(encoder_yaml(variant, version)).model.image_encoder
+    node.neck.position_encoding.image_size = image_size
+    return instantiate(node)
+
+
+def variant_of(encoder_state: dict[str, torch.Tensor]) -> str | None:
+    """Which released variant an encoder state dict belongs to, None if it matches none."""
+    patch_weight = encoder_state.get("trunk.patch_embed.proj.weight")
+    if patch_weight is None:
+        return None
+    depth = len({key.split(".")[2] for key in encoder_state if key.startswith("trunk.blocks.")})
+    return VARIANT_SIGNATURES.get((patch_weight.shape[0], depth))
+
+
+def read_encoder_state(path: Path) -> dict[str, torch.Tensor]:
+    """The ``image_encoder.*`` tensors of an official SAM2 checkpoint, prefix stripped."""
+    if not path.is_file():
+        raise Sam2CheckpointError(f"SAM2 checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise Sam2CheckpointError(f"SAM2 checkpoint {path} is not a readable torch file: {error}") from error
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise Sam2CheckpointError(f"{path} is not a SAM2 checkpoint: it has no 'model' state dict")
+    state = {
+        key[len(ENCODER_PREFIX) :]: value for key, value in checkpoint["model"].items() if key.startswith(ENCODER_PREFIX)
+    }
+    if not state:
+        raise Sam2CheckpointError(f"SAM2 checkpoint {path} holds no '{ENCODER_PREFIX}*' keys")
+    return state
+
+
+def load_encoder_weights(encoder: nn.Module, path: Path, variant: str) -> None:
+    state = read_encoder_state(path)
+    found = variant_of(state)
+    if found is not None and found != variant:
+        raise Sam2CheckpointError(f"SAM2 checkpoint {path} is a '{found}' encoder, but the config asks for '{variant}'")
+    expected = encoder.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise Sam2CheckpointError(
+            f"SAM2 checkpoint {path} does not match the '{variant}' image encoder: "
+            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}"
+        )
+    mismatched = [
+        f"{key} {tuple(state[key].shape)} != {tuple(value.shape)}"
+        for key, value in expected.items()
+        if state[key].shape != value.shape
+    ]
+    if mismatched:
+        raise Sam2CheckpointError(
+            f"SAM2 checkpoint {path} does not match the '{variant}' image encoder: "
+            f"{len(mismatched)} tensors of the wrong shape, e.g. {mismatched[:3]}"
+        )
+    encoder.load_state_dict(state, strict=True)
+    logger.info("SAM2 %s image encoder loaded from %s", variant, path)
+
+
+class Sam2Backbone(nn.Module):
+    """Runs each z-slice through SAM2's image encoder and stacks the FPN levels along z.
+
+    Input (B, 1, Z, Y, X) in [0, 1]; output one (B, 256, Z, S/s, S/s) tensor per FPN level,
+    finest first, with S the configured image_size and s the level's stride (4, 8, 16).
+    """
+
+    def __init__(self, config: Sam2Config, load_weights: bool = True):
+        super().__init__()
+        self.config = config
+        self.encoder = build_image_encoder(config.variant, config.version, config.image_size)
+        if load_weights and config.checkpoint is not None:
+            load_encoder_weights(self.encoder, config.checkpoint, config.variant)
+        elif load_weights:
+            logger.warning("SAM2 %s image encoder randomly initialised: no checkpoint in the config", config.variant)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.set_trainable()
+
+    @property
+    def frozen(self) -> bool:
+        return self.config.trainable == "frozen"
+
+    def set_trainable(self) -> None:
+        """Freeze what the config keeps fixed; last_stages trains Hiera's last stages and the neck."""
+        self.encoder.requires_grad_(self.config.trainable == "all")
+        if self.config.trainable == "last_stages":
+            trunk = self.encoder.trunk
+            first_trained_block = trunk.stage_ends[-self.config.trainable_stages - 1] + 1 if self.config.trainable_stages < 4 else 0
+            for block in trunk.blocks[first_trained_block:]:
+                block.requires_grad_(True)
+            self.encoder.neck.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> Sam2Backbone:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def encode_slices(self, slices: torch.Tensor) -> list[torch.Tensor]:
+        """(N, 1, Y, X) grey slices to SAM2's FPN levels, each (N, 256, h, w)."""
+        size = self.config.image_size
+        images = F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        images = (images.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return self.encoder(images)["backbone_fpn"]
+
+    def forward(self, raw: torch.Tensor) -> list[torch.Tensor]:
+        batch, _, depth, height, width = raw.shape
+        slices = raw.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, height, width)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            chunks = [self.encode_slices(chunk) for chunk in slices.split(self.config.slice_batch)]
+        levels = [torch.cat(level_chunks) for level_chunks in zip(*chunks)]
+        return [
+            level.reshape(batch, depth, *level.shape[1:]).permute(0, 2, 1, 3, 4).contiguous() for level in levels
+        ]
