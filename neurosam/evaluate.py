@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
