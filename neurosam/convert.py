@@ -20,14 +20,14 @@ import tifffile
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.volumes import create_array, describe, open_array, split_dataset_path
+from neurosam.volumes import VolumeError, create_array, describe, open_array, split_dataset_path
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff")
 SPATIAL_DIMS = 3
 
 
-class ConvertError(ValueError):
+class ConvertError(VolumeError):
     """An input that cannot be converted: the message names the file or dataset at fault."""
 
 
