@@ -62,8 +62,8 @@ def stage_blocks(stage: str, plan: RunPlan) -> StageBlocks:
         whole = Roi((0, 0, 0), plan.volume_roi.shape)
         return StageBlocks(plan.volume_roi, whole, whole)
     context = plan.context if stage in ("fragments", "agglomerate") else Coordinate((0, 0, 0))
-    block = Roi((0, 0, 0), plan.block_size)
-    return StageBlocks(plan.volume_roi.grow(context, context), block.grow(context, context), block.shift(context))
+    read_roi = Roi((0, 0, 0), plan.block_size + context * 2)
+    return StageBlocks(plan.volume_roi.grow(context, context), read_roi, Roi(context, plan.block_size))
 
 
 def build_pipeline(config: RunConfig, config_path: str, plan: RunPlan, until: str | None = None) -> daisy.Pipeline:

@@ -1,0 +1,73 @@
+"""Building blocks for pipeline tests: real volumes from ../shared/data written as a run's inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+from funlib.geometry import Coordinate, Roi
+
+from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities
+from neurosam.volumes import create_array, open_array
+from neurosam.workers.relabel import segmentation_path
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def read_h5(name: str, dataset: str, crop: tuple[slice, ...] = ()) -> tuple[np.ndarray, Coordinate]:
+    with h5py.File(SHARED_DATA / name, "r") as volume:
+        return volume[dataset][crop], Coordinate(volume[dataset].attrs["resolution"])
+
+
+def write_inputs(directory: Path, affinities: np.ndarray, ground_truth: np.ndarray, voxel_size, raw: np.ndarray | None = None) -> dict:
+    """Write affinities (float, C-first), ground truth and raw into one zarr container."""
+    container = directory / "inputs.zarr"
+    roi = Roi((0, 0, 0), Coordinate(ground_truth.shape) * Coordinate(voxel_size))
+    store_affinities(str(container / "affinities"), affinities, roi, voxel_size, NEAREST_OFFSETS)
+    create_array(container / "ground_truth", roi, voxel_size, ground_truth.dtype)[roi] = ground_truth
+    datasets = {"affinities": f"{container}/affinities", "ground_truth": f"{container}/ground_truth"}
+    if raw is not None:
+        create_array(container / "raw", roi, voxel_size, np.uint8)[roi] = raw
+        datasets["raw"] = f"{container}/raw"
+    return datasets
+
+
+def gala_inputs(directory: Path) -> dict:
+    boundary, voxel_size = read_h5("gala_fib_train.h5", "boundary_prob")
+    labels, _ = read_h5("gala_fib_train.h5", "neuron_ids")
+    raw, _ = read_h5("gala_fib_train.h5", "raw")
+    return write_inputs(directory, boundary_to_affinities(boundary), labels, voxel_size, raw)
+
+
+def medulla_gt_inputs(directory: Path) -> dict:
+    labels, voxel_size = read_h5("medulla_fibsem_train.h5", "neuron_ids")
+    affinities, _ = labels_to_affinities(labels, NEAREST_OFFSETS)
+    return write_inputs(directory, affinities, labels, voxel_size)
+
+
+def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) -> Path:
+    """A run config in ``work_dir`` over the given inputs; ``sections`` override config sections."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "work_dir": str(work_dir),
+        "datasets": {
+            **inputs,
+            "fragments": str(work_dir / "out.zarr/fragments"),
+            "segmentation": str(work_dir / "out.zarr/segmentation"),
+        },
+        "blocks": {"block_size": list(block_size), "context": list(context)},
+        "workers": {"count": 2},
+        "rag": {"url": f"sqlite:///{work_dir / 'rag.db'}"},
+        "fragments": {"epsilon_agglomerate": 0.1},
+        **sections,
+    }
+    path = work_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_segmentation(config, threshold: float) -> np.ndarray:
+    array = open_array(segmentation_path(config, threshold))
+    return array[array.roi]

@@ -1,0 +1,98 @@
+"""Block functions on small hand-made and real inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import waterz
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from neurosam.affinities import boundary_to_affinities
+from neurosam.config import RunConfig
+from neurosam.rag import open_rag
+from neurosam.workers.agglomerate import merge_scores, touching_pairs
+from neurosam.workers.fragments import relabel_local, watershed
+from neurosam.workers.segment import apply_lookup, find_segments, fragment_ids_path, lookup_path
+from pipeline_support import read_h5
+
+
+def test_touching_pairs_finds_each_contact_once():
+    labels = np.zeros((1, 3, 4), dtype=np.uint64)
+    labels[0] = [[1, 1, 2, 0], [3, 3, 2, 0], [3, 3, 0, 4]]
+    np.testing.assert_array_equal(touching_pairs(labels), [[1, 2], [1, 3], [2, 3]])
+
+
+def test_relabel_local_is_consecutive_and_drops_small_fragments():
+    labels = np.array([[[7, 7, 7, 0, 9, 5, 5]]], dtype=np.uint64)
+    np.testing.assert_array_equal(relabel_local(labels, min_size=2), [[[2, 2, 2, 0, 0, 1, 1]]])
+
+
+def test_thresholding_merge_scores_reproduces_waterz():
+    """Edges below t, joined into components, give waterz's own segmentation at t."""
+    boundary, _ = read_h5("gala_fib_train.h5", "boundary_prob", (slice(0, 20), slice(0, 60), slice(0, 60)))
+    affinities = boundary_to_affinities(boundary)
+    fragments = watershed(affinities, 0.0)
+    pairs = touching_pairs(fragments)
+    scoring = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
+    _, history, graph = next(
+        waterz.agglomerate(affinities, [1.0], fragments=fragments.copy(), scoring_function=scoring,
+                           return_merge_history=True, return_region_graph=True)
+    )
+    scores = merge_scores(pairs, history, graph)
+    for threshold in (0.3, 0.6):
+        expected = next(waterz.agglomerate(affinities, [threshold], fragments=fragments.copy(), scoring_function=scoring))
+        below = pairs[scores < threshold]
+        size = int(fragments.max()) + 1
+        graph_matrix = coo_matrix((np.ones(len(below)), (below[:, 0], below[:, 1])), shape=(size, size))
+        _, components = connected_components(graph_matrix, directed=False)
+        ours = components[fragments]
+        assert len(np.unique(ours[fragments > 0])) == len(np.unique(expected[expected > 0]))
+        joint = np.unique(np.stack([ours[fragments > 0], expected[fragments > 0]]), axis=1)
+        assert joint.shape[1] == len(np.unique(expected[expected > 0]))
+
+
+def _config(tmp_path: Path, url: str, edges_per_page: int, thresholds: list[float]) -> RunConfig:
+    return RunConfig.model_validate({
+        "work_dir": str(tmp_path / f"work{edges_per_page}"),
+        "datasets": {"affinities": "a.zarr/affs", "fragments": "a.zarr/frags", "segmentation": "a.zarr/seg"},
+        "blocks": {"block_size": [1, 1, 1]},
+        "rag": {"url": url},
+        "segment": {"thresholds": thresholds, "edges_per_page": edges_per_page},
+    })
+
+
+@pytest.mark.parametrize("edges_per_page", [3, 1000])
+def test_segments_are_connected_components_named_by_smallest_fragment(tmp_path, edges_per_page):
+    rng = np.random.default_rng(0)
+    ids = np.sort(rng.choice(np.arange(1, 10_000), size=300, replace=False)).astype(np.uint64)
+    u_index, v_index = rng.integers(0, 300, size=(2, 400))
+    keep = u_index < v_index
+    u, v = ids[u_index[keep]], ids[v_index[keep]]
+    scores = rng.random(len(u))
+    url = f"sqlite:///{tmp_path / 'rag.db'}"
+    config = _config(tmp_path, url, edges_per_page, [0.4])
+    with open_rag(url) as rag:
+        rag.write_nodes(ids, np.zeros((len(ids), 3)), np.ones(len(ids), dtype=np.uint64))
+        rag.write_edges(u, v, {"hist_quant_50": scores, "hist_quant_75": scores})
+        find_segments(config, rag)
+
+    table = np.load(lookup_path(config, 0.4))
+    np.testing.assert_array_equal(np.load(fragment_ids_path(config)), ids)
+    below = scores < 0.4
+    graph_matrix = coo_matrix((np.ones(below.sum()), (u_index[keep][below], v_index[keep][below])), shape=(300, 300))
+    _, components = connected_components(graph_matrix, directed=False)
+    for component in np.unique(components):
+        members = ids[components == component]
+        assert set(table[components == component].tolist()) == {int(members.min())}
+
+
+def test_apply_lookup_keeps_background_and_rejects_unknown_fragments():
+    ids = np.array([3, 5, 9], dtype=np.uint64)
+    table = np.array([3, 3, 9], dtype=np.uint64)
+    fragments = np.array([[[0, 3, 5, 9]]], dtype=np.uint64)
+    np.testing.assert_array_equal(apply_lookup(fragments, ids, table), [[[0, 3, 3, 9]]])
+    with pytest.raises(ValueError, match="not in the RAG"):
+        apply_lookup(np.array([[[4]]], dtype=np.uint64), ids, table)
