@@ -39,8 +39,8 @@ class Sam2CheckpointError(ValueError):
 
 
 def encoder_yaml(variant: str, version: str) -> Path:
-    name = f"sam2_hiera_{CONFIG_SUFFIX[variant]}.yaml" if version == "2" else f"sam2.1_hiera_{CONFIG_SUFFIX[variant]}.yaml"
-    return Path(str(files("sam2") / "configs" / f"sam{version}" / name))
+    stem = "sam2_hiera" if version == "2" else "sam2.1_hiera"
+    return Path(str(files("sam2") / "configs" / f"sam{version}" / f"{stem}_{CONFIG_SUFFIX[variant]}.yaml"))
 
 
 def build_image_encoder(variant: str, version: str, image_size: int) -> nn.Module:
@@ -122,6 +122,7 @@ class Sam2Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.set_trainable()
+        self.train()
 
     @property
     def frozen(self) -> bool:
@@ -132,8 +133,8 @@ class Sam2Backbone(nn.Module):
         self.encoder.requires_grad_(self.config.trainable == "all")
         if self.config.trainable == "last_stages":
             trunk = self.encoder.trunk
-            first_trained_block = trunk.stage_ends[-self.config.trainable_stages - 1] + 1 if self.config.trainable_stages < 4 else 0
-            for block in trunk.blocks[first_trained_block:]:
+            stage_starts = [0] + [end + 1 for end in trunk.stage_ends[:-1]]
+            for block in trunk.blocks[stage_starts[-self.config.trainable_stages] :]:
                 block.requires_grad_(True)
             self.encoder.neck.requires_grad_(True)
 
