@@ -1,0 +1,101 @@
+"""Bad input gets one clear error naming the problem, before any work starts, and leaves what is
+already written untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from funlib.geometry import Roi
+
+from neurosam.affinities import boundary_to_affinities
+from neurosam.cli import main
+from neurosam.volumes import create_array, open_array
+from pipeline_support import read_h5, write_config, write_inputs
+
+CROP = (slice(0, 10), slice(0, 20), slice(0, 40))
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    boundary, voxel_size = read_h5("gala_fib_train.h5", "boundary_prob", CROP)
+    labels, _ = read_h5("gala_fib_train.h5", "neuron_ids", CROP)
+    return write_inputs(tmp_path, boundary_to_affinities(boundary), labels, voxel_size)
+
+
+def run_cli(config_path, capsys) -> tuple[int, str]:
+    code = main(["run", str(config_path)])
+    return code, capsys.readouterr().err
+
+
+def edit_config(path, change) -> None:
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+def test_unknown_key_is_named(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), fragments={"epsilon": 0.1})
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "fragments.epsilon: unknown key" in error
+
+
+def test_missing_dataset_is_named(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", {**inputs, "affinities": inputs["affinities"] + "_typo"}, (50, 100, 100), (0, 0, 0))
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "affinities_typo" in error and "no dataset" in error
+
+
+def test_wrong_dtype(tmp_path, inputs, capsys):
+    affinities = open_array(inputs["affinities"])
+    float_path = str(tmp_path / "float.zarr/affinities")
+    create_array(float_path, affinities.roi, affinities.voxel_size, np.float32, channels=3)
+    path = write_config(tmp_path / "run", {**inputs, "affinities": float_path}, (50, 100, 100), (0, 0, 0))
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "float32" in error and "uint8" in error
+
+
+def test_voxel_size_mismatch(tmp_path, inputs, capsys):
+    ground_truth = open_array(inputs["ground_truth"])
+    other = str(tmp_path / "other.zarr/gt")
+    create_array(other, Roi((0, 0, 0), ground_truth.roi.shape * 2), (20, 20, 20), np.uint64)
+    path = write_config(tmp_path / "run", {**inputs, "ground_truth": other}, (50, 100, 100), (0, 0, 0))
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "voxel size" in error and "ground truth" in error
+
+
+def test_roi_outside_volume(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), roi={"offset": [0, 0, 0], "shape": [100, 200, 800]})
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "outside" in error
+
+
+def test_block_size_not_multiple_of_voxel_size(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", inputs, (55, 100, 100), (0, 0, 0))
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "blocks.block_size" in error and "multiple" in error
+
+
+def test_unreachable_database(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), rag={"url": "postgresql://neurosam@127.0.0.1:1/nowhere"})
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "127.0.0.1:1" in error
+
+
+def test_unwritable_database(tmp_path, inputs, capsys):
+    """/proc is read-only even for root, so this holds wherever the tests run."""
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), rag={"url": "sqlite:////proc/neurosam/rag.db"})
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "/proc/neurosam/rag.db" in error
+
+
+def test_existing_output_of_another_shape_is_left_untouched(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0))
+    fragments_path = yaml.safe_load(path.read_text())["datasets"]["fragments"]
+    roi = Roi((0, 0, 0), (50, 100, 100))
+    existing = create_array(fragments_path, roi, (10, 10, 10), np.uint64)
+    existing[roi] = 7
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "already exists" in error
+    after = open_array(fragments_path)
+    assert after.roi == roi and (after[roi] == 7).all()
