@@ -59,7 +59,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfi
 
 
 def load_model(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
-    """The model rebuilt from the config stored in the file, its weights, and ``extra``."""
+    """The model rebuilt from the config stored in the file, its weights, and ``extra``.
+
+    A device given as ``map_location`` (a string or torch.device) receives the model too.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelCheckpointError(f"model checkpoint {path} does not exist")
@@ -69,4 +72,6 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, 
     config = ModelConfig.model_validate(checkpoint["model_config"])
     model = build_model(config, load_sam2_weights=False)
     model.load_state_dict(checkpoint["state_dict"])
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     return model, config, checkpoint["extra"]

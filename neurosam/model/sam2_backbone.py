@@ -109,6 +109,8 @@ class Sam2Backbone(nn.Module):
 
     Input (B, 1, Z, Y, X) in [0, 1]; output one (B, 256, Z, S/s, S/s) tensor per FPN level,
     finest first, with S the configured image_size and s the level's stride (4, 8, 16).
+    Slices are resized to S x S whatever their aspect; consumers resample the features back
+    to the patch's own grid.
     """
 
     def __init__(self, config: Sam2Config, load_weights: bool = True):
@@ -139,6 +141,7 @@ class Sam2Backbone(nn.Module):
             self.encoder.neck.requires_grad_(True)
 
     def train(self, mode: bool = True) -> Sam2Backbone:
+        """A frozen encoder stays in eval mode: training the rest of the network never alters it."""
         super().train(mode)
         if self.frozen:
             self.encoder.eval()
