@@ -1,0 +1,166 @@
+"""How the scheduler gets workers: local processes, or SLURM jobs that connect back to it.
+
+daisy runs every distributed worker as its own subprocess. With the local launcher that
+subprocess is the worker: it runs the block function in daisy's acquire/release loop. With the
+SLURM launcher it is a stand-in that submits one batch job running `neurosam worker` and waits
+for it; the job finds the scheduler through DAISY_CONTEXT and pulls blocks itself.
+
+Every job id the SLURM launcher submits is appended to a file in the run's work dir, because the
+processes that submit jobs are daisy's, not the orchestrator's: the file is the one place where
+the orchestrator, or the next run after a killed one, can find every job to cancel.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import daisy.v2 as daisy
+
+from neurosam.config import RunConfig
+
+#: How often a SLURM launcher checks that its scheduler is still there: the longest a job can
+#: outlive an aborted run, against one connection per worker per period to the scheduler.
+SCHEDULER_CHECK_SECONDS = 5.0
+
+
+def make_process_function(config_path: str, config: RunConfig, task_name: str) -> Callable:
+    """The `process_function` of a daisy task: picklable, since daisy ships it to a subprocess."""
+    config_path = str(Path(config_path).resolve())
+    if config.workers.launcher == "slurm":
+        command = [sys.executable, "-m", "neurosam.cli", "worker", config_path, "--task", task_name]
+        return functools.partial(run_slurm_worker, command, f"neurosam-{task_name}", config)
+    from neurosam.pipeline.blocks import run_block
+
+    return functools.partial(run_block, config_path, task_name)
+
+
+def worker_main(config_path: str, task_name: str) -> None:
+    """`neurosam worker`: the body of a SLURM job."""
+    from neurosam.pipeline.blocks import run_block
+
+    serve_blocks(functools.partial(run_block, config_path, task_name))
+
+
+def serve_blocks(process_block: Callable[[daisy.Block], None]) -> None:
+    """Pull blocks from the scheduler named in DAISY_CONTEXT until it has none left. A block
+    that raises is reported to the scheduler as failed (so it is retried elsewhere) and ends
+    this worker with the error."""
+    client = daisy.Client()
+    while True:
+        with client.acquire_block() as block:
+            if block is None:
+                return
+            process_block(block)
+
+
+def slurm_log_dir(config: RunConfig) -> Path:
+    return Path(config.work_dir) / "logs" / "slurm"
+
+
+def submitted_jobs_file(config: RunConfig) -> Path:
+    return Path(config.work_dir) / "slurm_jobs.txt"
+
+
+def sbatch_command(command: list[str], job_name: str, config: RunConfig) -> list[str]:
+    """sbatch --wait: SLURM itself holds the job's exit code, so no accounting database is
+    needed to tell a failed worker from a finished one."""
+    slurm = config.workers.slurm
+    args = [
+        "sbatch",
+        "--parsable",
+        "--wait",
+        f"--job-name={job_name}",
+        f"--output={slurm_log_dir(config) / job_name}-%j.out",
+        f"--cpus-per-task={slurm.cpus_per_worker}",
+        f"--mem={slurm.memory}",
+        f"--time={slurm.time}",
+        "--export=ALL",
+    ]
+    if slurm.partition:
+        args.append(f"--partition={slurm.partition}")
+    if slurm.gpus_per_worker:
+        args.append(f"--gres=gpu:{slurm.gpus_per_worker}")
+    return args + list(slurm.extra_args) + ["--wrap", shlex.join(command)]
+
+
+def run_slurm_worker(command: list[str], job_name: str, config: RunConfig, *, context: daisy.Context) -> None:
+    """A daisy worker function: run `command` as one SLURM job that serves blocks to the
+    scheduler in `context`, and fail as the job fails.
+
+    The job never outlives the run: it is cancelled when this process is interrupted or
+    terminated, and when the scheduler stops accepting connections (it aborted or died), which
+    daisy.Client also takes to mean the run has ended. daisy waits for its workers before an
+    aborted run returns, so waiting for the job there would hold the whole run up."""
+    slurm_log_dir(config).mkdir(parents=True, exist_ok=True)
+    sbatch = subprocess.Popen(
+        sbatch_command(command, job_name, config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "DAISY_CONTEXT": context.to_env()},
+        text=True,
+        start_new_session=True,
+    )
+    job_id = sbatch.stdout.readline().strip().split(";")[0]
+    if not job_id:
+        raise RuntimeError(f"sbatch could not submit {job_name}: {sbatch.communicate()[1].strip()}")
+    with open(submitted_jobs_file(config), "a") as jobs:
+        jobs.write(job_id + "\n")
+    previous_sigterm_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        while not _exited_within(sbatch, SCHEDULER_CHECK_SECONDS):
+            if not _scheduler_is_up(context):
+                return
+    finally:
+        if sbatch.poll() is None:
+            subprocess.run(["scancel", "--quiet", job_id], check=False)
+            sbatch.terminate()
+        signal.signal(signal.SIGTERM, previous_sigterm_handler)
+    if sbatch.returncode != 0:
+        log = slurm_log_dir(config) / f"{job_name}-{job_id}.out"
+        raise RuntimeError(f"SLURM job {job_id} ({job_name}) failed with exit code {sbatch.returncode}; see {log}")
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _exited_within(process: subprocess.Popen, seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _scheduler_is_up(context: daisy.Context) -> bool:
+    """Only a refused connection counts as gone: a slow network is no proof the run ended."""
+    try:
+        socket.create_connection((context["hostname"], int(context["port"])), timeout=30).close()
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def cancel_submitted_jobs(config: RunConfig) -> list[str]:
+    """Cancel every job this run's launchers submitted, including those of an earlier run that
+    was killed before it could; jobs that already ended are ignored. Returns the ids."""
+    jobs_file = submitted_jobs_file(config)
+    if not jobs_file.exists():
+        return []
+    claimed = jobs_file.with_suffix(".cancelling")
+    jobs_file.replace(claimed)
+    job_ids = sorted(set(claimed.read_text().split()))
+    if job_ids:
+        subprocess.run(["scancel", "--quiet", *job_ids], check=True)
+    claimed.unlink()
+    return job_ids

@@ -1,0 +1,153 @@
+"""The SLURM launcher against a real one-node cluster, started on this machine by
+scripts/start_slurm.sh: workers are batch jobs that connect back to the scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import daisy.v2 as daisy
+import pytest
+import yaml
+
+import slurm_blocks
+from neurosam.config import load_config
+from neurosam.pipeline.launchers import (
+    cancel_submitted_jobs,
+    run_slurm_worker,
+    slurm_log_dir,
+    submitted_jobs_file,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    subprocess.run(["bash", str(REPO / "scripts" / "start_slurm.sh")], check=True)
+
+
+@pytest.fixture
+def config_path(slurm_cluster, tmp_path: Path) -> Path:
+    path = tmp_path / "run.yaml"
+    settings = {
+        "work_dir": str(tmp_path / "work"),
+        "datasets": {"affinities": "in.zarr/affs", "fragments": "out.zarr/frags", "segmentation": "out.zarr/seg"},
+        "blocks": {"block_size": [10, 10, 10]},
+        "workers": {
+            "launcher": "slurm",
+            "slurm": {"partition": "debug", "cpus_per_worker": 1, "memory": "256M", "time": "00:10:00"},
+        },
+    }
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def queued_jobs(*states: str) -> list[str]:
+    """Ids of the test's jobs that SLURM still holds, in the given states (default: any)."""
+    command = ["squeue", "-h", "-n", slurm_blocks.JOB_NAME, "-o", "%i"]
+    if states:
+        command += ["-t", ",".join(states)]
+    return sorted(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split())
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def workers_busy(config_path: Path) -> bool:
+    """Both workers hold a block: their jobs are connected to the scheduler."""
+    logs = slurm_log_dir(load_config(config_path)).glob(f"{slurm_blocks.JOB_NAME}-*.out")
+    return sum("started" in log.read_text() for log in logs) == 2
+
+
+def start_scheduler(config_path: Path, out_dir: Path, seconds_per_block: float) -> subprocess.Popen:
+    """A scheduler in its own process, so the test can interrupt or kill it."""
+    return subprocess.Popen(
+        [sys.executable, slurm_blocks.__file__, "schedule", str(config_path), str(out_dir), str(seconds_per_block)],
+        cwd=config_path.parent,
+        start_new_session=True,
+    )
+
+
+def test_every_block_runs_once_and_each_worker_logs(config_path: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(config_path)
+    out_dir = tmp_path / "blocks"
+    out_dir.mkdir()
+
+    assert slurm_blocks.schedule(config, str(out_dir), 0.2)
+
+    jobs_by_block = {path.name: path.read_text().split() for path in out_dir.iterdir()}
+    assert len(jobs_by_block) == slurm_blocks.BLOCK_COUNT
+    assert all(len(jobs) == 1 for jobs in jobs_by_block.values())
+    for job_id in {jobs[0] for jobs in jobs_by_block.values()}:
+        log = slurm_log_dir(config) / f"{slurm_blocks.JOB_NAME}-{job_id}.out"
+        logged = {line.split()[1] for line in log.read_text().splitlines() if line.endswith(" done")}
+        assert logged == {name.split("-")[1] for name, jobs in jobs_by_block.items() if jobs == [job_id]}
+    assert not submitted_jobs_file(config).exists()
+    assert queued_jobs() == []
+
+
+def test_failed_job_fails_its_worker(config_path: Path) -> None:
+    config = load_config(config_path)
+    command = [sys.executable, "-c", "raise SystemExit(3)"]
+
+    with socket.create_server(("127.0.0.1", 0)) as scheduler:
+        context = daisy.Context(hostname="127.0.0.1", port=scheduler.getsockname()[1], task_id="failing", worker_id=0)
+        with pytest.raises(RuntimeError, match="exit code 3"):
+            run_slurm_worker(command, "neurosam-failing", config, context=context)
+
+    submitted = submitted_jobs_file(config).read_text().split()
+    assert len(submitted) == 1
+    assert (slurm_log_dir(config) / f"neurosam-failing-{submitted[0]}.out").exists()
+
+
+@pytest.mark.parametrize(
+    ("whom", "signal_number"),
+    [("scheduler", signal.SIGINT), ("group", signal.SIGINT), ("group", signal.SIGTERM)],
+    ids=["sigint-to-scheduler", "ctrl-c", "sigterm-to-all"],
+)
+def test_interrupted_run_leaves_no_job(config_path: Path, tmp_path: Path, whom: str, signal_number: int) -> None:
+    """Whether the signal reaches the scheduler alone or every process of the run (as Ctrl-C
+    and SLURM's own time limit do), the run's jobs end with it."""
+    scheduler = start_scheduler(config_path, tmp_path, seconds_per_block=600)
+    try:
+        wait_for(lambda: workers_busy(config_path), 60, "both workers to hold a block")
+        if whom == "scheduler":
+            scheduler.send_signal(signal_number)
+        else:
+            os.killpg(scheduler.pid, signal_number)
+        wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
+        scheduler.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(scheduler.pid, signal.SIGKILL)
+        cancel_submitted_jobs(load_config(config_path))
+
+
+def test_jobs_of_a_killed_run_are_cancelled_by_the_next(config_path: Path, tmp_path: Path) -> None:
+    config = load_config(config_path)
+    scheduler = start_scheduler(config_path, tmp_path, seconds_per_block=600)
+    try:
+        wait_for(lambda: workers_busy(config_path), 60, "both workers to hold a block")
+        running = queued_jobs("RUNNING")
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        scheduler.wait(timeout=10)
+        time.sleep(1)
+        assert queued_jobs("RUNNING") == running
+    finally:
+        cancelled = cancel_submitted_jobs(config)
+    assert cancelled == running
+    wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
