@@ -1,0 +1,115 @@
+"""What every RAG backend does the same way: checking and converting arrays, ROI bounds, naming.
+
+Fragment ids are uint64 in the pipeline, but SQLite, PostgreSQL and BSON integers are signed
+64-bit. Ids below 2**63 are the same number as int64, so they are stored as plain integers and the
+database's ordering is the uint64 ordering. Larger ids are refused rather than reinterpreted as
+negative numbers, which would put them first in ascending order. Fragment ids in practice stay far
+below 2**63 (block number times voxels per block).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from funlib.geometry import Roi
+
+ID_LIMIT = 2**63
+AXES = ("z", "y", "x")
+SCORING_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def ids_to_db(ids: np.ndarray) -> np.ndarray:
+    """uint64 ids as int64, refusing ids the database cannot store as the same number."""
+    ids = np.asarray(ids, dtype=np.uint64)
+    if ids.size and ids.max() >= ID_LIMIT:
+        raise ValueError(f"fragment id {ids.max()} is too large for the RAG: ids must be below 2**63")
+    return ids.astype(np.int64)
+
+
+def ids_from_db(values: Iterable[int]) -> np.ndarray:
+    return np.array(list(values), dtype=np.int64).astype(np.uint64)
+
+
+def node_rows(ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> list[tuple]:
+    """(id, z, y, x, size) tuples sorted by id.
+
+    Sorted so that concurrent writers lock rows in the same order and cannot deadlock."""
+    ids = ids_to_db(ids)
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.shape != (len(ids), 3):
+        raise ValueError(f"positions must have shape ({len(ids)}, 3) for {len(ids)} ids, not {positions.shape}")
+    sizes = np.asarray(sizes, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    return [
+        (node_id, *position, size)
+        for node_id, position, size in zip(ids[order].tolist(), positions[order].tolist(), sizes[order].tolist(), strict=True)
+    ]
+
+
+def edge_columns(u: np.ndarray, v: np.ndarray, scores: dict[str, np.ndarray]) -> tuple[list[int], list[int], dict[str, list[float]]]:
+    """Edges as ``u < v`` (swapping pairs given the other way round), sorted by (u, v)."""
+    for name in scores:
+        if not SCORING_NAME.match(name):
+            raise ValueError(f"scoring function name {name!r}: use letters, digits, '_' and '-' only")
+    u, v = ids_to_db(u), ids_to_db(v)
+    if u.size and not scores:
+        raise ValueError("edges need a score from at least one scoring function")
+    if u.shape != v.shape or any(np.shape(values) != u.shape for values in scores.values()):
+        raise ValueError("u, v and every score array must have the same length")
+    low, high = np.minimum(u, v), np.maximum(u, v)
+    order = np.lexsort((high, low))
+    columns = {name: np.asarray(values, dtype=np.float64)[order].tolist() for name, values in scores.items()}
+    return low[order].tolist(), high[order].tolist(), columns
+
+
+def nodes_from_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """The arrays ``read_nodes`` returns, from (id, z, y, x, size) rows."""
+    ids, z, y, x, sizes = zip(*rows) if rows else ((),) * 5
+    return {
+        "ids": ids_from_db(ids),
+        "positions": np.column_stack([z, y, x]).astype(np.float64),
+        "sizes": np.array(sizes, dtype=np.int64),
+    }
+
+
+def edges_from_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
+    """The arrays ``read_edges`` returns, from (u, v, scoring function, score) rows.
+
+    An edge that has no score yet for some scoring function gets NaN there."""
+    u, v, names, values = zip(*rows) if rows else ((),) * 4
+    pairs, pair_of_row = np.unique(np.array([u, v], dtype=np.int64).T, axis=0, return_inverse=True)
+    pair_of_row = pair_of_row.ravel()  # numpy 2.0.0 returned it with the input's dimensions
+    names, values = np.array(names, dtype=object), np.array(values, dtype=np.float64)
+    edges = {"u": pairs[:, 0].astype(np.uint64), "v": pairs[:, 1].astype(np.uint64)}
+    for name in sorted(set(names)):
+        column = np.full(len(pairs), np.nan)
+        rows_of_name = names == name
+        column[pair_of_row[rows_of_name]] = values[rows_of_name]
+        edges[name] = column
+    return edges
+
+
+def check_page_size(page_size: int) -> None:
+    if page_size < 1:
+        raise ValueError(f"page_size must be at least 1, not {page_size}")
+
+
+def roi_bounds(roi: Roi) -> list[tuple[str, int, int]]:
+    """(axis, begin, end) of each bounded axis of ``roi``; an unbounded axis constrains nothing."""
+    return [
+        (axis, begin, end)
+        for axis, begin, end in zip(AXES, roi.begin, roi.end, strict=True)
+        if begin is not None and end is not None
+    ]
+
+
+def without_password(url: str) -> str:
+    """The URL to name in messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,170 @@
+"""The RAG in an SQL database; SQLite and PostgreSQL share all of it but connecting and transactions.
+
+Edges are kept long, one row per (u, v, scoring function), because the scoring functions are only
+known at run time: a new one needs no schema change, and the index on (scoring, score, u, v)
+serves "edges below a threshold" for every one of them. Both databases speak the same dialect
+here (ON CONFLICT upserts, row-value comparisons); the statements are written with ``?``
+placeholders and a backend with another placeholder style converts them in ``_sql``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from contextlib import AbstractContextManager
+from typing import Any, Iterator
+
+import numpy as np
+from funlib.geometry import Roi
+
+from neurosam.rag.base import RagError, RagStore
+from neurosam.rag.common import check_page_size, edge_columns, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, roi_bounds
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS nodes ("
+    " id BIGINT PRIMARY KEY, z DOUBLE PRECISION NOT NULL, y DOUBLE PRECISION NOT NULL,"
+    " x DOUBLE PRECISION NOT NULL, size BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS nodes_by_position ON nodes (z, y, x)",
+    "CREATE TABLE IF NOT EXISTS edges ("
+    " u BIGINT NOT NULL, v BIGINT NOT NULL, scoring TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (u, v, scoring))",
+    "CREATE INDEX IF NOT EXISTS edges_by_score ON edges (scoring, score, u, v)",
+    "CREATE TABLE IF NOT EXISTS blocks_done (task TEXT NOT NULL, block_id BIGINT NOT NULL, PRIMARY KEY (task, block_id))",
+)
+
+UPSERT_NODE = (
+    "INSERT INTO nodes (id, z, y, x, size) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET z = excluded.z, y = excluded.y, x = excluded.x, size = excluded.size"
+)
+UPSERT_EDGE = (
+    "INSERT INTO edges (u, v, scoring, score) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (u, v, scoring) DO UPDATE SET score = excluded.score"
+)
+INSERT_BLOCK_DONE = "INSERT INTO blocks_done (task, block_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+
+WRITE_PROBE_TASK = "neurosam-check-writable"
+
+
+class SqlRag(RagStore):
+    """One connection per store: open one store per process, never share it across a fork."""
+
+    placeholder = "?"
+    database_error: type[Exception] = Exception
+
+    def __init__(self, url: str, name: str):
+        self.url = url
+        self.name = name
+        try:
+            self.connection = self._connect()
+            with self._transaction() as cursor:
+                self._serialize_schema_creation(cursor)
+                for statement in SCHEMA:
+                    cursor.execute(statement)
+        except (self.database_error, OSError) as error:
+            raise RagError(f"cannot open {self.name}: {error}") from error
+
+    @abstractmethod
+    def _connect(self) -> Any:
+        """A DB-API connection in autocommit mode; writes group statements with ``_transaction``."""
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A cursor inside a write transaction, committed on success and rolled back on error."""
+
+    def _serialize_schema_creation(self, cursor) -> None:
+        """Databases whose CREATE ... IF NOT EXISTS can race between processes lock here."""
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", self.placeholder)
+
+    def _read(self, statement: str, parameters: tuple = ()) -> list[tuple]:
+        return self.connection.execute(self._sql(statement), parameters).fetchall()
+
+    def _roi_filter(self, roi: Roi) -> tuple[str, tuple]:
+        """A WHERE clause on the nodes aliased ``n`` that keeps centres inside the half-open ROI."""
+        bounds = roi_bounds(roi)
+        if not bounds:
+            return "", ()
+        clause = " AND ".join(f"n.{axis} >= ? AND n.{axis} < ?" for axis, _, _ in bounds)
+        return f" WHERE {clause}", tuple(value for _, begin, end in bounds for value in (begin, end))
+
+    def check_writable(self) -> None:
+        try:
+            with self._transaction() as cursor:
+                cursor.execute(self._sql(INSERT_BLOCK_DONE), (WRITE_PROBE_TASK, 0))
+                cursor.execute(self._sql("DELETE FROM blocks_done WHERE task = ?"), (WRITE_PROBE_TASK,))
+        except self.database_error as error:
+            raise RagError(f"cannot write to {self.name}: {error}") from error
+
+    def write_nodes(self, ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> None:
+        rows = node_rows(ids, positions, sizes)
+        if rows:
+            with self._transaction() as cursor:
+                cursor.executemany(self._sql(UPSERT_NODE), rows)
+
+    def write_edges(self, u: np.ndarray, v: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+        low, high, columns = edge_columns(u, v, scores)
+        rows = [(a, b, name, columns[name][i]) for i, (a, b) in enumerate(zip(low, high)) for name in sorted(columns)]
+        if rows:
+            with self._transaction() as cursor:
+                cursor.executemany(self._sql(UPSERT_EDGE), rows)
+
+    def read_nodes(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
+        where, parameters = self._roi_filter(roi) if roi is not None else ("", ())
+        return nodes_from_rows(self._read(f"SELECT n.id, n.z, n.y, n.x, n.size FROM nodes n{where} ORDER BY n.id", parameters))
+
+    def read_edges(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
+        if roi is None:
+            return edges_from_rows(self._read("SELECT u, v, scoring, score FROM edges"))
+        where, parameters = self._roi_filter(roi)
+        statement = f"SELECT e.u, e.v, e.scoring, e.score FROM edges e JOIN nodes n ON n.id = e.u{where}"
+        return edges_from_rows(self._read(statement, parameters))
+
+    def iter_node_ids(self, page_size: int) -> Iterator[np.ndarray]:
+        check_page_size(page_size)
+        last_id = -1
+        while True:
+            rows = self._read("SELECT id FROM nodes WHERE id > ? ORDER BY id LIMIT ?", (last_id, page_size))
+            if rows:
+                yield ids_from_db(row[0] for row in rows)
+                last_id = rows[-1][0]
+            if len(rows) < page_size:
+                return
+
+    def iter_edges_below(self, scoring_function: str, threshold: float, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Pages in (score, u, v) order, which the index on (scoring, score, u, v) walks directly."""
+        check_page_size(page_size)
+        last = (float("-inf"), -1, -1)
+        statement = (
+            "SELECT score, u, v FROM edges WHERE scoring = ? AND score < ? AND (score, u, v) > (?, ?, ?) "
+            "ORDER BY score, u, v LIMIT ?"
+        )
+        while True:
+            rows = self._read(statement, (scoring_function, float(threshold), *last, page_size))
+            if rows:
+                yield ids_from_db(row[1] for row in rows), ids_from_db(row[2] for row in rows)
+                last = rows[-1]
+            if len(rows) < page_size:
+                return
+
+    def count_nodes(self) -> int:
+        return self._read("SELECT COUNT(*) FROM nodes")[0][0]
+
+    def count_edges(self) -> int:
+        return self._read("SELECT COUNT(*) FROM (SELECT DISTINCT u, v FROM edges) AS pairs")[0][0]
+
+    def delete_in_roi(self, roi: Roi) -> None:
+        where, parameters = self._roi_filter(roi)
+        nodes_in_roi = f"SELECT n.id FROM nodes n{where}"
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(f"DELETE FROM edges WHERE u IN ({nodes_in_roi})"), parameters)
+            cursor.execute(self._sql(f"DELETE FROM nodes WHERE id IN ({nodes_in_roi})"), parameters)
+
+    def mark_block_done(self, task: str, block_id: int) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(INSERT_BLOCK_DONE), (task, int(block_id)))
+
+    def done_blocks(self, task: str) -> set[int]:
+        return {row[0] for row in self._read("SELECT block_id FROM blocks_done WHERE task = ?", (task,))}
+
+    def close(self) -> None:
+        self.connection.close()

@@ -1,0 +1,340 @@
+"""The RAG stores: one suite run against every backend. SQLite gets a file per test; PostgreSQL a
+schema per test on NEUROSAM_TEST_POSTGRES_URL or the local server scripts/start_postgres.sh
+starts; MongoDB a database per test on NEUROSAM_TEST_MONGODB_URL, or on mongomock (in-process)
+when that is unset."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pwd
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+import pymongo
+import pytest
+from funlib.geometry import Roi
+
+from neurosam.rag import RagError, open_rag
+from neurosam.rag.mongodb import MongoRag, mongomock_client
+
+BACKENDS = ["sqlite", "postgresql", "mongodb"]
+MONGODB_SERVER_URL = os.environ.get("NEUROSAM_TEST_MONGODB_URL")
+SCORING = ("quantile_50", "quantile_75")
+LARGEST_ID = 2**63 - 1
+ROI = Roi((200, 300, 0), (400, 300, 500))
+
+
+def unique_name() -> str:
+    return f"neurosam_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url):
+    """A fresh schema, chosen through the URL's search_path."""
+    schema = unique_name()
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def mongodb_url():
+    name = unique_name()
+    if MONGODB_SERVER_URL is None:
+        yield f"mongomock://localhost/{name}"
+        return
+    yield urlunsplit(urlsplit(MONGODB_SERVER_URL)._replace(path=f"/{name}"))
+    with pymongo.MongoClient(MONGODB_SERVER_URL) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def rag_url(request, tmp_path) -> str:
+    """The URL of a store that does not exist yet."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'rag.db'}"
+    return request.getfixturevalue(f"{request.param}_url" if request.param == "mongodb" else "postgres_schema_url")
+
+
+@pytest.fixture
+def rag(rag_url):
+    with open_rag(rag_url) as store:
+        yield store
+
+
+def grid_nodes(count: int, seed: int = 0):
+    """Nodes on a 100 nm grid, so many centres sit exactly on ROI boundaries; one has the
+    largest id the stores accept."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(2**40, size=count, replace=False).astype(np.uint64) + 1
+    ids[0] = LARGEST_ID
+    positions = rng.integers(0, 10, size=(count, 3)) * 100.0
+    sizes = rng.integers(1, 10_000, size=count)
+    return ids, positions, sizes
+
+
+def random_edges(ids: np.ndarray, count: int, seed: int = 1):
+    """Distinct pairs with u < v, and a score per scoring function."""
+    rng = np.random.default_rng(seed)
+    ends = ids[rng.integers(0, len(ids), size=(4 * count, 2))]
+    ends = ends[ends[:, 0] != ends[:, 1]]
+    pairs = np.unique(np.sort(ends, axis=1), axis=0)[:count]
+    scores = {name: rng.uniform(0, 1, len(pairs)) for name in SCORING}
+    return pairs[:, 0], pairs[:, 1], scores
+
+
+def sorted_nodes(nodes: dict) -> dict:
+    order = np.argsort(nodes["ids"])
+    return {key: values[order] for key, values in nodes.items()}
+
+
+def sorted_edges(edges: dict) -> dict:
+    order = np.lexsort((edges["v"], edges["u"]))
+    return {key: values[order] for key, values in edges.items()}
+
+
+def inside(positions: np.ndarray, roi: Roi) -> np.ndarray:
+    return np.all((positions >= np.array(roi.begin)) & (positions < np.array(roi.end)), axis=1)
+
+
+def test_empty_store_reads_empty_arrays(rag):
+    nodes = rag.read_nodes()
+    assert nodes["ids"].dtype == np.uint64 and nodes["ids"].shape == (0,)
+    assert nodes["positions"].shape == (0, 3)
+    assert set(rag.read_edges(ROI)) == {"u", "v"}
+    assert list(rag.iter_node_ids(10)) == []
+    assert rag.count_nodes() == rag.count_edges() == 0
+
+
+def test_round_trip(rag):
+    ids, positions, sizes = grid_nodes(200)
+    u, v, scores = random_edges(ids, 300)
+    given_backwards = np.arange(len(u)) % 2 == 0
+    rag.write_nodes(ids, positions, sizes)
+    rag.write_edges(np.where(given_backwards, v, u), np.where(given_backwards, u, v), scores)
+
+    nodes = sorted_nodes(rag.read_nodes())
+    order = np.argsort(ids)
+    assert nodes["ids"].dtype == np.uint64
+    np.testing.assert_array_equal(nodes["ids"], ids[order])
+    np.testing.assert_array_equal(nodes["positions"], positions[order])
+    np.testing.assert_array_equal(nodes["sizes"], sizes[order])
+
+    edges = sorted_edges(rag.read_edges())
+    assert set(edges) == {"u", "v", *SCORING}
+    np.testing.assert_array_equal(edges["u"], u)
+    np.testing.assert_array_equal(edges["v"], v)
+    for name in SCORING:
+        np.testing.assert_array_equal(edges[name], scores[name])
+    assert rag.count_nodes() == 200 and rag.count_edges() == 300
+
+
+def test_writes_are_upserts(rag):
+    ids, positions, sizes = grid_nodes(100)
+    u, v, scores = random_edges(ids, 150)
+    for _ in range(2):
+        rag.write_nodes(ids, positions, sizes)
+        rag.write_edges(u, v, scores)
+    assert rag.count_nodes() == 100 and rag.count_edges() == 150
+
+    rag.write_nodes(ids, positions + 1, sizes * 2)
+    rag.write_edges(u, v, {"quantile_50": scores["quantile_50"] / 2, "quantile_90": scores["quantile_75"]})
+    assert rag.count_nodes() == 100 and rag.count_edges() == 150
+    nodes = sorted_nodes(rag.read_nodes())
+    np.testing.assert_array_equal(nodes["positions"], positions[np.argsort(ids)] + 1)
+    edges = sorted_edges(rag.read_edges())
+    np.testing.assert_array_equal(edges["quantile_50"], scores["quantile_50"] / 2)
+    np.testing.assert_array_equal(edges["quantile_75"], scores["quantile_75"])
+    np.testing.assert_array_equal(edges["quantile_90"], scores["quantile_75"])
+
+
+def test_reads_by_roi_are_half_open(rag):
+    ids, positions, sizes = grid_nodes(300)
+    u, v, scores = random_edges(ids, 400)
+    rag.write_nodes(ids, positions, sizes)
+    rag.write_edges(u, v, scores)
+    in_roi = inside(positions, ROI)
+    assert np.any(positions == np.array(ROI.begin)) and np.any(positions == np.array(ROI.end))
+
+    assert set(rag.read_nodes(ROI)["ids"].tolist()) == set(ids[in_roi].tolist())
+    edges = rag.read_edges(ROI)
+    expected = np.isin(u, ids[in_roi])
+    assert set(zip(edges["u"].tolist(), edges["v"].tolist())) == set(zip(u[expected].tolist(), v[expected].tolist()))
+
+    z_slab = Roi((200, None, None), (400, None, None))
+    in_slab = (positions[:, 0] >= 200) & (positions[:, 0] < 600)
+    assert set(rag.read_nodes(z_slab)["ids"].tolist()) == set(ids[in_slab].tolist())
+
+
+def test_pages_are_small_ordered_and_complete(rag):
+    ids, positions, sizes = grid_nodes(100)
+    u, v, scores = random_edges(ids, 120)
+    scores["quantile_50"][:5] = 0.5
+    rag.write_nodes(ids, positions, sizes)
+    rag.write_edges(u, v, scores)
+
+    pages = list(rag.iter_node_ids(page_size=7))
+    assert len(pages) == 15 and all(len(page) <= 7 for page in pages)
+    np.testing.assert_array_equal(np.concatenate(pages), np.sort(ids))
+
+    pages = list(rag.iter_edges_below("quantile_50", 0.5, page_size=7))
+    assert all(len(page_u) <= 7 for page_u, _ in pages)
+    pairs = [(a, b) for page_u, page_v in pages for a, b in zip(page_u.tolist(), page_v.tolist())]
+    below = scores["quantile_50"] < 0.5
+    assert len(pairs) == len(set(pairs)) == below.sum()
+    assert set(pairs) == set(zip(u[below].tolist(), v[below].tolist()))
+
+
+def test_delete_in_roi(rag):
+    ids, positions, sizes = grid_nodes(300)
+    u, v, scores = random_edges(ids, 400)
+    rag.write_nodes(ids, positions, sizes)
+    rag.write_edges(u, v, scores)
+    rag.delete_in_roi(ROI)
+
+    kept = ~inside(positions, ROI)
+    assert set(rag.read_nodes()["ids"].tolist()) == set(ids[kept].tolist())
+    kept_edges = ~np.isin(u, ids[~kept])
+    edges = rag.read_edges()
+    assert set(zip(edges["u"].tolist(), edges["v"].tolist())) == set(zip(u[kept_edges].tolist(), v[kept_edges].tolist()))
+    assert rag.count_edges() == kept_edges.sum()
+
+
+def test_blocks_done(rag):
+    assert rag.done_blocks("fragments") == set()
+    for task, block_id in [("fragments", 3), ("fragments", 5), ("fragments", 3), ("agglomerate", 3)]:
+        rag.mark_block_done(task, block_id)
+    rag.check_writable()
+    assert rag.done_blocks("fragments") == {3, 5}
+    assert rag.done_blocks("agglomerate") == {3}
+
+
+def test_ids_from_2_to_the_63_are_refused(rag):
+    with pytest.raises(ValueError, match="below 2\\*\\*63"):
+        rag.write_nodes(np.array([5, 2**63], dtype=np.uint64), np.zeros((2, 3)), np.ones(2))
+    with pytest.raises(ValueError, match="below 2\\*\\*63"):
+        rag.write_edges(np.array([1], dtype=np.uint64), np.array([2**64 - 1], dtype=np.uint64), {"quantile_50": [0.1]})
+    assert rag.count_nodes() == rag.count_edges() == 0
+
+
+WORKERS = 4
+
+
+def write_overlapping_block(url: str, worker: int, start_together) -> None:
+    """Each worker's nodes and edges overlap the next worker's, and it writes them several times."""
+    start_together.wait()
+    with open_rag(url) as rag:
+        ids = np.arange(worker * 100, worker * 100 + 200, dtype=np.uint64) + 1
+        positions = ids[:, None] * np.array([1.0, 2.0, 3.0])
+        for _ in range(5):
+            rag.write_nodes(ids, positions, ids * 10)
+            rag.write_edges(ids[:-1], ids[1:], {"quantile_50": ids[:-1] / 1000})
+        rag.mark_block_done("fragments", worker)
+
+
+def test_concurrent_writers(rag_url):
+    """Workers open the fresh store at the same moment (racing to create its tables) and write
+    overlapping rows: every row is there once."""
+    if rag_url.startswith("mongomock://"):
+        pytest.skip("mongomock lives inside one process; set NEUROSAM_TEST_MONGODB_URL to test a server")
+    context = multiprocessing.get_context("spawn")
+    start_together = context.Barrier(WORKERS)
+    workers = [context.Process(target=write_overlapping_block, args=(rag_url, worker, start_together)) for worker in range(WORKERS)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+    assert [process.exitcode for process in workers] == [0] * WORKERS
+
+    expected_ids = np.arange(1, 100 * (WORKERS - 1) + 200 + 1, dtype=np.uint64)
+    with open_rag(rag_url) as rag:
+        nodes = rag.read_nodes()
+        np.testing.assert_array_equal(np.sort(nodes["ids"]), expected_ids)
+        assert rag.count_nodes() == len(expected_ids)
+        edges = sorted_edges(rag.read_edges())
+        np.testing.assert_array_equal(edges["u"], expected_ids[:-1])
+        np.testing.assert_array_equal(edges["quantile_50"], expected_ids[:-1] / 1000)
+        assert rag.count_edges() == len(expected_ids) - 1
+        assert rag.done_blocks("fragments") == set(range(WORKERS))
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "url_template",
+    [
+        "postgresql://neurosam:secret@127.0.0.1:{port}/neurosam",
+        "mongodb://neurosam:secret@127.0.0.1:{port}/neurosam?serverSelectionTimeoutMS=300",
+    ],
+)
+def test_unreachable_server_fails_fast_and_is_named(url_template):
+    port = closed_port()
+    started = time.monotonic()
+    with pytest.raises(RagError) as error:
+        open_rag(url_template.format(port=port))
+    assert time.monotonic() - started < 5
+    assert f"127.0.0.1:{port}" in str(error.value) and "secret" not in str(error.value)
+
+
+def report_write_check(path: Path, sender) -> None:
+    """Runs in a forked child that, under root, becomes the user nobody: root writes through file
+    permissions. Forked, not spawned, so that nothing needs importing as nobody."""
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+    path.open("rb").close()  # the file is readable: what fails below is writing
+    try:
+        open_rag(f"sqlite:///{path}").check_writable()
+        sender.send("writable")
+    except RagError as error:
+        sender.send(f"RagError: {error}")
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_read_only_sqlite_database_is_reported(read_only):
+    """In a folder of its own under /tmp: pytest's tmp_path is private to the user running the tests."""
+    folder = Path(tempfile.mkdtemp(prefix="neurosam_rag_"))
+    path = folder / "rag.db"
+    try:
+        with open_rag(f"sqlite:///{path}") as rag:
+            rag.write_nodes(*grid_nodes(10))
+        path.chmod(0o444 if read_only == "file" else 0o666)
+        folder.chmod(0o777 if read_only == "file" else 0o555)
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        child = context.Process(target=report_write_check, args=(path, sender))
+        child.start()
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        report = receiver.recv()
+        assert report.startswith("RagError") and str(path) in report
+    finally:
+        folder.chmod(0o700)
+        shutil.rmtree(folder)
+
+
+def test_mongo_store_takes_a_client_it_does_not_close():
+    url = f"mongomock://localhost/{unique_name()}"
+    client = mongomock_client(url)
+    ids, positions, sizes = grid_nodes(20)
+    with MongoRag(url, client=client) as rag:
+        rag.write_nodes(ids, positions, sizes)
+    with MongoRag(url, client=client) as rag:
+        assert rag.count_nodes() == 20
