@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import daisy.v2 as daisy
+import numpy as np
 import pytest
 import yaml
 
@@ -24,6 +25,9 @@ from neurosam.pipeline.launchers import (
     slurm_log_dir,
     submitted_jobs_file,
 )
+from neurosam.pipeline.run import run_pipeline
+from neurosam.volumes import open_array
+from pipeline_support import gala_inputs, read_segmentation, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slurm
@@ -51,11 +55,12 @@ def config_path(slurm_cluster, tmp_path: Path) -> Path:
 
 
 def queued_jobs(*states: str) -> list[str]:
-    """Ids of the test's jobs that SLURM still holds, in the given states (default: any)."""
-    command = ["squeue", "-h", "-n", slurm_blocks.JOB_NAME, "-o", "%i"]
+    """Ids of neurosam's jobs that SLURM still holds, in the given states (default: any)."""
+    command = ["squeue", "-h", "-o", "%i %j"]
     if states:
         command += ["-t", ",".join(states)]
-    return sorted(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split())
+    listing = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return sorted(job_id for job_id, name in map(str.split, listing.splitlines()) if name.startswith("neurosam-"))
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -145,9 +150,29 @@ def test_jobs_of_a_killed_run_are_cancelled_by_the_next(config_path: Path, tmp_p
         running = queued_jobs("RUNNING")
         os.killpg(scheduler.pid, signal.SIGKILL)
         scheduler.wait(timeout=10)
-        time.sleep(1)
         assert queued_jobs("RUNNING") == running
     finally:
         cancelled = cancel_submitted_jobs(config)
     assert cancelled == running
     wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
+
+
+def test_pipeline_on_slurm_equals_local(slurm_cluster, tmp_path: Path) -> None:
+    without_ground_truth = {"affinities": gala_inputs(tmp_path)["affinities"]}
+    run = {"block_size": (250, 500, 1000), "context": (50, 50, 50), "segment": {"thresholds": [0.5, 0.7]}}
+    local_path = write_config(tmp_path / "local", without_ground_truth, **run)
+    slurm_workers = {"count": 2, "launcher": "slurm", "slurm": {"partition": "debug", "memory": "2G"}}
+    slurm_path = write_config(tmp_path / "slurm", without_ground_truth, **run, workers=slurm_workers)
+
+    run_pipeline(local_path, echo_progress=False)
+    summary = run_pipeline(slurm_path, echo_progress=False)
+
+    local, slurm = load_config(local_path), load_config(slurm_path)
+
+    fragments = [open_array(config.datasets.fragments) for config in (local, slurm)]
+    np.testing.assert_array_equal(fragments[0][fragments[0].roi], fragments[1][fragments[1].roi])
+    for threshold in run["segment"]["thresholds"]:
+        np.testing.assert_array_equal(read_segmentation(local, threshold), read_segmentation(slurm, threshold))
+    job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_log_dir(slurm).glob("*.out")}
+    assert job_logs == {f"neurosam-{task}" for task in summary["tasks"]}
+    assert queued_jobs() == []

@@ -5,9 +5,11 @@ subprocess is the worker: it runs the block function in daisy's acquire/release 
 SLURM launcher it is a stand-in that submits one batch job running `neurosam worker` and waits
 for it; the job finds the scheduler through DAISY_CONTEXT and pulls blocks itself.
 
-Every job id the SLURM launcher submits is appended to a file in the run's work dir, because the
-processes that submit jobs are daisy's, not the orchestrator's: the file is the one place where
-the orchestrator, or the next run after a killed one, can find every job to cancel.
+A job never outlives its run: its launcher cancels it when the launcher is interrupted or
+terminated, or when the scheduler stops accepting connections (the run aborted or died). The
+launchers are daisy's processes, not the orchestrator's, so every job id is also appended to a
+file in the work dir: there the orchestrator, or the next run after one killed outright, finds
+whatever is left to cancel.
 """
 
 from __future__ import annotations
@@ -95,24 +97,10 @@ def run_slurm_worker(command: list[str], job_name: str, config: RunConfig, *, co
     """A daisy worker function: run `command` as one SLURM job that serves blocks to the
     scheduler in `context`, and fail as the job fails.
 
-    The job never outlives the run: it is cancelled when this process is interrupted or
-    terminated, and when the scheduler stops accepting connections (it aborted or died), which
-    daisy.Client also takes to mean the run has ended. daisy waits for its workers before an
-    aborted run returns, so waiting for the job there would hold the whole run up."""
-    slurm_log_dir(config).mkdir(parents=True, exist_ok=True)
-    sbatch = subprocess.Popen(
-        sbatch_command(command, job_name, config),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "DAISY_CONTEXT": context.to_env()},
-        text=True,
-        start_new_session=True,
-    )
-    job_id = sbatch.stdout.readline().strip().split(";")[0]
-    if not job_id:
-        raise RuntimeError(f"sbatch could not submit {job_name}: {sbatch.communicate()[1].strip()}")
-    with open(submitted_jobs_file(config), "a") as jobs:
-        jobs.write(job_id + "\n")
+    A scheduler that refuses connections has ended its run (daisy.Client reads it the same
+    way), and an aborted daisy run waits for its workers before it returns: so the job is
+    cancelled then, rather than waited for."""
+    sbatch, job_id = _submit(command, job_name, config, context)
     previous_sigterm_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         while not _exited_within(sbatch, SCHEDULER_CHECK_SECONDS):
@@ -122,10 +110,32 @@ def run_slurm_worker(command: list[str], job_name: str, config: RunConfig, *, co
         if sbatch.poll() is None:
             subprocess.run(["scancel", "--quiet", job_id], check=False)
             sbatch.terminate()
+            sbatch.wait()
         signal.signal(signal.SIGTERM, previous_sigterm_handler)
     if sbatch.returncode != 0:
         log = slurm_log_dir(config) / f"{job_name}-{job_id}.out"
         raise RuntimeError(f"SLURM job {job_id} ({job_name}) failed with exit code {sbatch.returncode}; see {log}")
+
+
+def _submit(command: list[str], job_name: str, config: RunConfig, context: daisy.Context) -> tuple[subprocess.Popen, str]:
+    """Start `sbatch --wait` and record the job's id as soon as SLURM gives it."""
+    slurm_log_dir(config).mkdir(parents=True, exist_ok=True)
+    sbatch = subprocess.Popen(
+        sbatch_command(command, job_name, config),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "DAISY_CONTEXT": context.to_env()},
+        text=True,
+        # A Ctrl-C meant for the run must reach the launcher, which cancels the job, and not
+        # sbatch, whose death would pass for the job's end.
+        start_new_session=True,
+    )
+    job_id = sbatch.stdout.readline().strip().split(";")[0]
+    if not job_id:
+        raise RuntimeError(f"sbatch could not submit {job_name}: {sbatch.communicate()[1].strip()}")
+    with open(submitted_jobs_file(config), "a") as jobs:
+        jobs.write(job_id + "\n")
+    return sbatch, job_id
 
 
 def _exit_on_sigterm(signum, frame) -> None:
@@ -157,10 +167,8 @@ def cancel_submitted_jobs(config: RunConfig) -> list[str]:
     jobs_file = submitted_jobs_file(config)
     if not jobs_file.exists():
         return []
-    claimed = jobs_file.with_suffix(".cancelling")
-    jobs_file.replace(claimed)
-    job_ids = sorted(set(claimed.read_text().split()))
+    job_ids = sorted(set(jobs_file.read_text().split()))
     if job_ids:
         subprocess.run(["scancel", "--quiet", *job_ids], check=True)
-    claimed.unlink()
+    jobs_file.unlink()
     return job_ids
