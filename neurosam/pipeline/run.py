@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import time
 from pathlib import Path
 
@@ -24,12 +23,13 @@ class RunFailed(RuntimeError):
     """Some blocks failed for good; the summary and the worker logs say which and why."""
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run_pipeline(config_path: str | Path, until: str | None = None, echo_progress: bool = True) -> dict:
-    """Run every stage up to ``until`` (all by default); finished blocks are skipped."""
+    """Run every stage up to ``until`` (all by default); finished blocks are skipped.
+
+    SLURM jobs left by a run that was killed outright are cancelled first. A run stopped by a
+    signal needs no handler here: daisy's loop holds the main thread, and the jobs the SLURM
+    launcher submitted cancel themselves once the scheduler stops answering.
+    """
     from neurosam.pipeline.launchers import cancel_submitted_jobs
 
     config_path = str(Path(config_path).resolve())
@@ -44,7 +44,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     daisy.set_tracking_basedir(config.work_dir / "tracking")
 
     pipeline = build_pipeline(config, config_path, plan, until)
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    cancel_submitted_jobs(config)
     started = time.time()
     try:
         states = daisy.run_blockwise(
@@ -55,7 +55,6 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
             summary=False,
         )
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
         cancel_submitted_jobs(config)
     summary = _write_summary(config, config_path, states, time.time() - started)
     failed = {task: s.last_worker_error for task, s in states.items() if s.completed_count < s.total_block_count}
