@@ -17,19 +17,26 @@ from neurosam.rag import RagStore
 from neurosam.volumes import open_array
 from neurosam.workers.blockgrid import BlockGrid
 from neurosam.workers.fragments import read_nearest_affinities
+from neurosam.workers.labels import unique_inverse
 
 UNMERGED_SCORE = 1.0
 
 
 def touching_pairs(labels: np.ndarray) -> np.ndarray:
-    """Unique (u, v), u < v, of non-zero labels that touch along an axis: (N, 2)."""
-    pairs = []
+    """Unique (u, v), u < v, of non-zero labels that touch along an axis: (N, 2), sorted.
+
+    Each pair is coded as the one number ``u * (max + 1) + v``, which sorts much faster than
+    rows do; labels are a block's local ids, far too small for that to overflow."""
+    base = labels.max(initial=0) + 1
+    codes = []
     for axis in range(labels.ndim):
         here = np.moveaxis(labels, axis, 0)[1:].ravel()
         there = np.moveaxis(labels, axis, 0)[:-1].ravel()
         touching = (here != there) & (here != 0) & (there != 0)
-        pairs.append(np.stack([np.minimum(here, there)[touching], np.maximum(here, there)[touching]], axis=1))
-    return np.unique(np.concatenate(pairs), axis=0)
+        here, there = here[touching], there[touching]
+        codes.append(np.minimum(here, there) * base + np.maximum(here, there))
+    codes = np.unique(np.concatenate(codes))
+    return np.stack([codes // base, codes % base], axis=1)
 
 
 def merge_scores(pairs: np.ndarray, merge_history: list[dict], region_graph: list[dict]) -> np.ndarray:
@@ -72,8 +79,8 @@ def merge_scores(pairs: np.ndarray, merge_history: list[dict], region_graph: lis
 
 def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
     fragments = open_array(config.datasets.fragments).to_ndarray(block.read_roi, fill_value=0)
-    ids, local = np.unique(fragments, return_inverse=True)
-    local = local.reshape(fragments.shape).astype(np.uint64)
+    ids, local = unique_inverse(fragments)
+    local = local.astype(np.uint64)
     if ids[0] != 0:
         local += np.uint64(1)
         ids = np.concatenate([[0], ids])

@@ -39,23 +39,27 @@ def watershed(affinities: np.ndarray, epsilon_agglomerate: float) -> np.ndarray:
 
 
 def relabel_local(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Consecutive ids 1..n for the labels present; labels smaller than ``min_size`` become 0."""
-    values, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    keep = (values != 0) & (counts >= min_size)
-    new_ids = np.zeros(len(values), dtype=np.uint64)
+    """Consecutive ids 1..n for the labels present, in label order; labels smaller than
+    ``min_size`` become 0. Watershed labels are below the voxel count, so counting them is
+    cheaper than sorting."""
+    counts = np.bincount(labels.ravel().astype(np.intp))
+    keep = counts >= max(min_size, 1)
+    keep[0] = False
+    new_ids = np.zeros(len(counts), dtype=np.uint64)
     new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint64)
-    return new_ids[inverse].reshape(labels.shape)
+    return new_ids[labels]
 
 
-def fragment_nodes(fragments: np.ndarray, roi: Roi, voxel_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, centres in nm, sizes) of the fragments in an array covering ``roi``."""
-    flat = fragments.ravel()
-    ids, inverse, sizes = np.unique(flat, return_inverse=True, return_counts=True)
-    coordinates = np.indices(fragments.shape).reshape(3, -1)
-    centres = np.stack([np.bincount(inverse, weights=c) for c in coordinates], axis=1) / sizes[:, None]
+def fragment_nodes(local: np.ndarray, first_id: int, roi: Roi, voxel_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, centres in nm, sizes) of the fragments of an array covering ``roi``, given with
+    local ids 1..n (``first_id + local`` is the fragment id)."""
+    flat = local.ravel().astype(np.intp)
+    sizes = np.bincount(flat)[1:]
+    coordinates = np.indices(local.shape).reshape(3, -1)
+    centres = np.stack([np.bincount(flat, weights=c)[1:] for c in coordinates], axis=1) / sizes[:, None]
     positions = np.asarray(roi.offset) + (centres + 0.5) * np.asarray(voxel_size)
-    nonzero = ids != 0
-    return ids[nonzero], positions[nonzero], sizes[nonzero]
+    ids = np.arange(1, len(sizes) + 1, dtype=np.uint64) + np.uint64(first_id)
+    return ids, positions, sizes
 
 
 def extract_fragments(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
@@ -64,10 +68,11 @@ def extract_fragments(config: RunConfig, rag: RagStore, grid: BlockGrid, block) 
     labels = watershed(affinities, config.fragments.epsilon_agglomerate)
     inner = (write_roi - block.read_roi.offset) / grid.voxel_size
     local = relabel_local(labels[inner.to_slices()], config.fragments.min_size)
-    fragments = np.where(local > 0, local + np.uint64(grid.first_id(write_roi)), np.uint64(0))
+    first_id = grid.first_id(write_roi)
+    fragments = np.where(local > 0, local + np.uint64(first_id), np.uint64(0))
 
     output = open_array(config.datasets.fragments, mode="r+")
     output[write_roi] = fragments
-    ids, positions, sizes = fragment_nodes(fragments, write_roi, grid.voxel_size)
+    ids, positions, sizes = fragment_nodes(local, first_id, write_roi, grid.voxel_size)
     rag.delete_in_roi(write_roi)
     rag.write_nodes(ids, positions, sizes)

@@ -6,6 +6,7 @@ import numpy as np
 
 from neurosam.config import RunConfig
 from neurosam.volumes import open_array
+from neurosam.workers.labels import unique_inverse
 from neurosam.workers.segment import apply_lookup, fragment_ids_path, lookup_path
 
 
@@ -14,9 +15,11 @@ def segmentation_path(config: RunConfig, threshold: float) -> str:
 
 
 def relabel_block(config: RunConfig, block) -> None:
+    """The block's fragment ids are found once and looked up in every threshold's table."""
     fragments = open_array(config.datasets.fragments)[block.write_roi]
+    present, inverse = unique_inverse(fragments)
     ids = np.load(fragment_ids_path(config), mmap_mode="r")
     for threshold in config.segment.thresholds:
         table = np.load(lookup_path(config, threshold), mmap_mode="r")
         output = open_array(segmentation_path(config, threshold), mode="r+")
-        output[block.write_roi] = apply_lookup(fragments, ids, table)
+        output[block.write_roi] = apply_lookup(present, ids, table)[inverse]

@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from neurosam.config import RunConfig
 from neurosam.rag import RagStore
+from neurosam.workers.labels import unique_inverse
 
 
 def lookup_dir(config: RunConfig) -> Path:
@@ -42,22 +45,28 @@ def _write_fragment_ids(rag: RagStore, path: Path, page_size: int) -> np.ndarray
     return np.load(path, mmap_mode="r")
 
 
-def _find(parent: np.ndarray, node: int) -> int:
-    root = node
-    while parent[root] != root:
-        root = int(parent[root])
-    while parent[node] != root:
-        parent[node], node = root, int(parent[node])
-    return root
+def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Follow the parent links of all ``nodes`` at once, up to their roots."""
+    roots = parent[nodes]
+    while True:
+        above = parent[roots]
+        if np.array_equal(above, roots):
+            return roots
+        roots = above
 
 
 def _components(rag: RagStore, ids: np.ndarray, scoring_function: str, threshold: float, page_size: int, parent: np.ndarray) -> None:
+    """Union-find, one page of edges at a time: the roots a page's edges connect are joined by
+    connected components of that page alone, each group under its smallest root. So every root
+    is the smallest node of its component, whatever order the edges come in."""
     parent[:] = np.arange(len(ids), dtype=np.int64)
     for u, v in rag.iter_edges_below(scoring_function, threshold, page_size):
-        for a, b in zip(np.searchsorted(ids, u).tolist(), np.searchsorted(ids, v).tolist()):
-            root_a, root_b = _find(parent, a), _find(parent, b)
-            if root_a != root_b:
-                parent[max(root_a, root_b)] = min(root_a, root_b)
+        ends = _roots(parent, np.searchsorted(ids, np.concatenate([u, v])))
+        roots, local = np.unique(ends, return_inverse=True)
+        graph = coo_matrix((np.ones(len(u)), (local[: len(u)], local[len(u) :])), shape=(len(roots), len(roots)))
+        _, component = connected_components(graph, directed=False)
+        _, smallest = np.unique(component, return_index=True)
+        parent[roots] = roots[smallest][component]
 
 
 def find_segments(config: RunConfig, rag: RagStore) -> None:
@@ -73,8 +82,7 @@ def find_segments(config: RunConfig, rag: RagStore) -> None:
         table = np.lib.format.open_memmap(final.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint64, shape=(len(ids),))
         for start in range(0, len(ids), page_size):
             stop = min(start + page_size, len(ids))
-            roots = np.fromiter((_find(parent, i) for i in range(start, stop)), dtype=np.int64, count=stop - start)
-            table[start:stop] = ids[roots]
+            table[start:stop] = ids[_roots(parent, np.arange(start, stop))]
         table.flush()
         del table
         final.with_suffix(".tmp.npy").replace(final)
@@ -84,7 +92,7 @@ def find_segments(config: RunConfig, rag: RagStore) -> None:
 
 def apply_lookup(fragments: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Map fragment ids to segment ids; 0 stays 0. Tables may be memory-mapped."""
-    flat_ids, inverse = np.unique(fragments, return_inverse=True)
+    flat_ids, inverse = unique_inverse(fragments)
     segments = np.zeros(len(flat_ids), dtype=np.uint64)
     nonzero = flat_ids != 0
     positions = np.searchsorted(ids, flat_ids[nonzero])
@@ -96,4 +104,4 @@ def apply_lookup(fragments: np.ndarray, ids: np.ndarray, table: np.ndarray) -> n
             "the fragments task and the RAG disagree (was the RAG changed or the run mixed with another?)"
         )
     segments[nonzero] = table[positions]
-    return segments[inverse].reshape(fragments.shape)
+    return segments[inverse]
