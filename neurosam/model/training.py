@@ -1,0 +1,378 @@
+"""Training of the affinity networks (FGNet and the FGE / U-Net baselines) from one YAML config.
+
+A run lives in its output directory: checkpoints (last and best by validation VOI), a CSV of
+the loss per step, a CSV of validation scores, and a plot of both. Running the same config
+again resumes from the last checkpoint and continues exactly where the run stopped: every
+batch is drawn from a generator seeded by (seed, step), and the checkpoint holds the
+optimizer, the AMP scaler and torch's RNG states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import waterz
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from neurosam.affinities import NEAREST_OFFSETS
+from neurosam.config import ConfigError, format_validation_error, load_yaml
+from neurosam.evaluate import evaluate
+from neurosam.model import build_model, load_model, save_checkpoint
+from neurosam.model.augment import AugmentConfig
+from neurosam.model.config import ModelConfig
+from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range
+from neurosam.model.losses import HEADS, LossConfig, affinity_loss
+
+logger = logging.getLogger(__name__)
+
+Vector3 = tuple[int, int, int]
+HIST_QUANT_50 = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
+TRAINING_LOG = "training_log.csv"
+VALIDATION_LOG = "validation_log.csv"
+CURVES_PLOT = "training_curves.png"
+SCORE_KEYS = ("voi_split", "voi_merge", "voi", "adapted_rand_error")
+
+
+class ValidationConfig(BaseModel):
+    """How the held-out crop is predicted and segmented.
+
+    The crop is predicted in tiles of ``tile_shape`` (default: the training patch), because
+    FGNet resizes every slice to SAM2's image size: tiles of another size would show the
+    encoder another scale than training did. Each tile's outer ``tile_context`` is discarded.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    every: int = Field(100, ge=1)
+    thresholds: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)], min_length=1
+    )
+    scoring_function: str = HIST_QUANT_50
+    tile_shape: Vector3 | None = None
+    tile_context: Vector3 = (2, 8, 8)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig
+    data: DataConfig
+    output_dir: Path
+    patch_shape: Vector3
+    batch_size: int = Field(1, ge=1)
+    iterations: int = Field(ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    checkpoint_every: int = Field(100, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    """Mixed precision (float16 autocast with a gradient scaler); used on CUDA only."""
+    num_workers: int = Field(0, ge=0)
+    """Processes preparing batches; 0 prepares them in the training process."""
+
+    @model_validator(mode="after")
+    def _nearest_offsets_for_validation(self) -> "TrainConfig":
+        missing = [offset for offset in NEAREST_OFFSETS if offset not in self.model.offsets]
+        if missing:
+            raise ValueError(f"model.offsets lacks {missing}: validation segments with the nearest-neighbour affinities")
+        return self
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Paths in the file are relative to the file, so a config runs from any directory."""
+    path = Path(path)
+    data = load_yaml(path)
+    base = path.resolve().parent
+
+    def resolve(value):
+        return value if value is None or Path(value).is_absolute() else str((base / value).resolve())
+
+    if "output_dir" in data:
+        data["output_dir"] = resolve(data["output_dir"])
+    if isinstance(data.get("data"), dict):
+        data["data"] = {**data["data"], **{key: resolve(data["data"][key]) for key in ("raw", "labels") if key in data["data"]}}
+    sam2 = data.get("model", {}).get("sam2") if isinstance(data.get("model"), dict) else None
+    if isinstance(sam2, dict) and sam2.get("checkpoint") is not None:
+        sam2["checkpoint"] = resolve(sam2["checkpoint"])
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(path, error)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_shape(shape, multiple, what: str) -> None:
+    if any(size % factor for size, factor in zip(shape, multiple)):
+        raise ConfigError(f"{what} {tuple(shape)} must be divisible by the model's input multiple {tuple(multiple)}")
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: dict[str, torch.Tensor],
+    loss_config: LossConfig,
+    device: torch.device,
+    amp: bool,
+) -> dict[str, float]:
+    """One optimizer step; the loss itself is computed in float32 even under autocast."""
+    raw, target, mask = (batch[key].to(device, non_blocking=True) for key in ("raw", "affinities", "mask"))
+    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        outputs = model(raw)
+    loss, parts = affinity_loss(outputs, target, mask, loss_config)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {"loss": loss.item(), **{head: value.item() for head, value in parts.items()}}
+
+
+@torch.no_grad()
+def predict_affinities(
+    model: torch.nn.Module, raw: np.ndarray, tile_shape: Vector3, tile_context: Vector3, device: torch.device, amp: bool
+) -> np.ndarray:
+    """Affinities in [0, 1] (C, Z, Y, X) of the refined head over a whole volume (Z, Y, X).
+
+    Tiles overlap by twice the context and keep only their cores; the volume is padded by
+    reflection so that every tile has full input.
+    """
+    tile, context = np.array(tile_shape), np.array(tile_context)
+    core = tile - 2 * context
+    if (core <= 0).any():
+        raise ConfigError(f"validation tile_context {tuple(context)} leaves no core in tile_shape {tuple(tile)}")
+    counts = -(-np.array(raw.shape) // core)
+    padding = [(c, n * k - s + c) for c, n, k, s in zip(context, counts, core, raw.shape)]
+    padded = torch.from_numpy(np.pad(raw, padding, mode="reflect"))
+    result = None
+    was_training = model.training
+    model.eval()
+    for index in np.ndindex(*counts):
+        start = np.array(index) * core
+        window = tuple(slice(a, a + t) for a, t in zip(start, tile))
+        tile_input = padded[window][None, None].to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            logits = model(tile_input)["refined"]
+        probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
+        if result is None:
+            result = np.zeros((probabilities.shape[0], *(counts * core)), dtype=np.float32)
+        inner = tuple(slice(c, c + k) for c, k in zip(context, core))
+        result[(slice(None), *(slice(a, a + k) for a, k in zip(start, core)))] = probabilities[(slice(None), *inner)]
+    model.train(was_training)
+    return result[(slice(None), *(slice(0, s) for s in raw.shape))]
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence waterz, whose C++ core reports every merge round on the process's stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def segment_and_score(
+    affinities: np.ndarray,
+    offsets: list[list[int]],
+    ground_truth: np.ndarray,
+    thresholds: list[float],
+    scoring_function: str = HIST_QUANT_50,
+) -> dict[float, dict[str, float]]:
+    """Scores per threshold of waterz segmentations of the nearest-neighbour affinities."""
+    nearest = np.ascontiguousarray(affinities[[offsets.index(offset) for offset in NEAREST_OFFSETS]], dtype=np.float32)
+    scores = {}
+    with quiet_stdout():
+        thresholds = sorted(thresholds)
+        segmentations = waterz.agglomerate(nearest, thresholds, scoring_function=scoring_function)
+        for threshold, segmentation in zip(thresholds, segmentations):
+            scores[threshold] = evaluate(segmentation, ground_truth)
+    return scores
+
+
+def best_threshold(scores: dict[float, dict[str, float]]) -> dict[str, float]:
+    threshold = min(scores, key=lambda t: scores[t]["voi"])
+    return {"threshold": threshold, **scores[threshold]}
+
+
+class CsvLog:
+    """A CSV that a resumed run continues: rows after the resumed step (written before a crash
+    that the last checkpoint does not cover) are dropped."""
+
+    def __init__(self, path: Path, fields: list[str], resume_step: int):
+        self.path = path
+        self.fields = fields
+        rows = []
+        if path.exists() and resume_step > 0:
+            with open(path, newline="") as file:
+                rows = [row for row in csv.DictReader(file) if int(row["step"]) <= resume_step]
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as file:
+            csv.DictWriter(file, fieldnames=self.fields).writerow(row)
+
+    def read(self) -> dict[str, np.ndarray]:
+        with open(self.path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        return {field: np.array([float(row[field]) if row[field] else np.nan for row in rows]) for field in self.fields}
+
+
+def plot_curves(training: dict[str, np.ndarray], validation: dict[str, np.ndarray], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.5))
+    loss_axis, score_axis = figure.subplots(1, 2)
+    for key in ("loss", *HEADS):
+        if len(training["step"]) and not np.isnan(training[key]).all():
+            loss_axis.plot(training["step"], training[key], label=key, linewidth=0.8)
+    loss_axis.set_yscale("log")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_title("training loss")
+    loss_axis.legend()
+    for key in SCORE_KEYS:
+        score_axis.plot(validation["step"], validation[key], marker="o", label=key)
+    score_axis.set_xlabel("step")
+    score_axis.set_title("validation (best threshold per step)")
+    score_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
+
+
+def train(config: TrainConfig) -> dict:
+    """Train (or resume) the run of ``config``; returns where its results are and its best scores."""
+    device = resolve_device(config.device)
+    amp = config.amp and device.type == "cuda"
+    checkpoints = config.output_dir / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = checkpoints / "last.pt", checkpoints / "best.pt"
+    (config.output_dir / "train_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+    torch.manual_seed(config.seed)
+    if last_path.exists():
+        model, saved_model_config, state = load_model(last_path, map_location=device)
+        if saved_model_config != config.model:
+            raise ConfigError(
+                f"{last_path} holds a run of another model configuration; give this config a new output_dir"
+            )
+        logger.info("resuming from %s at step %d", last_path, state["step"])
+    else:
+        model, state = build_model(config.model), None
+    model.to(device)
+    check_shape(config.patch_shape, model.input_multiple, "patch_shape")
+    tile_shape = config.validation.tile_shape or config.patch_shape
+    check_shape(tile_shape, model.input_multiple, "validation.tile_shape")
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    start_step, best = 0, None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        restore_rng_states(state["rng"])
+        start_step, best = state["step"], state["best"]
+
+    train_raw, train_labels = load_range(config.data, config.data.train_z)
+    validation_raw, validation_labels = load_range(config.data, config.data.validation_z)
+    sampler = PatchSampler(
+        train_raw, train_labels, config.patch_shape, config.model.offsets, config.augment, config.data.background
+    )
+    batches = torch.utils.data.DataLoader(
+        TrainingBatches(sampler, config.batch_size, config.seed, config.iterations),
+        batch_size=None,
+        sampler=range(start_step, config.iterations),
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    training_log = CsvLog(config.output_dir / TRAINING_LOG, ["step", "loss", *HEADS, "seconds"], start_step)
+    validation_log = CsvLog(config.output_dir / VALIDATION_LOG, ["step", "threshold", *SCORE_KEYS], start_step)
+
+    def checkpoint_state(step: int) -> dict:
+        return {
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_states(),
+            "step": step,
+            "best": best,
+            "train_config": config.model_dump(mode="json"),
+        }
+
+    model.train()
+    losses = {}
+    started = time.monotonic()
+    for step, batch in zip(range(start_step + 1, config.iterations + 1), batches):
+        losses = train_step(model, optimizer, scaler, batch, config.loss, device, amp)
+        training_log.append({"step": step, **losses, "seconds": round(time.monotonic() - started, 3)})
+        if step % config.validation.every == 0 or step == config.iterations:
+            affinities = predict_affinities(model, validation_raw, tile_shape, config.validation.tile_context, device, amp)
+            scores = best_threshold(
+                segment_and_score(
+                    affinities, config.model.offsets, validation_labels,
+                    config.validation.thresholds, config.validation.scoring_function,
+                )
+            )
+            validation_log.append({"step": step, **scores})
+            logger.info("step %d: loss %.4f, validation %s", step, losses["loss"], scores)
+            if best is None or scores["voi"] < best["voi"]:
+                best = {"step": step, **scores}
+                save_checkpoint(best_path, model, config.model, extra=checkpoint_state(step))
+        if step % config.checkpoint_every == 0 or step == config.iterations:
+            save_checkpoint(last_path, model, config.model, extra=checkpoint_state(step))
+
+    plot_curves(training_log.read(), validation_log.read(), config.output_dir / CURVES_PLOT)
+    return {
+        "output_dir": str(config.output_dir),
+        "steps": config.iterations,
+        "resumed_from_step": start_step,
+        "last_loss": losses.get("loss"),
+        "best": best,
+        "best_checkpoint": str(best_path),
+        "last_checkpoint": str(last_path),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def train_from_config(config_path: str | Path) -> dict:
+    """The ``neurosam train CONFIG`` entry point."""
+    return train(load_train_config(config_path))
