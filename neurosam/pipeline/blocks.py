@@ -1,5 +1,6 @@
 """What a worker process does with a block it was handed: call the stage's block function, then
-record in the RAG that the block finished.
+record in the RAG that the block finished, by its index in the volume's block grid (the one-block
+stages cover the whole volume and are index 0).
 
 Every worker, local or on a SLURM node, gets the config file's path and rebuilds the same run
 from it; the opened config, database connection and block grid are kept for the process's life.
@@ -46,4 +47,4 @@ def run_block(config_path: str, task_id: str, block) -> None:
         evaluate_run(config, plan.volume_roi)
     else:
         raise ValueError(f"unknown task {task_id!r}; stages are {STAGES}")
-    rag.mark_block_done(task_id, block.block_id[1])
+    rag.mark_block_done(task_id, plan.grid.index(block.write_roi))

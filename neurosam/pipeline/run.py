@@ -43,7 +43,9 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     daisy_logging.set_log_basedir(log_dir)
     daisy.set_tracking_basedir(config.work_dir / "tracking")
 
-    pipeline = build_pipeline(config, config_path, plan, until)
+    with open_rag(config.rag.url) as rag:
+        done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_ids(config).values()}
+    pipeline = build_pipeline(config, config_path, plan, done_blocks, until)
     cancel_submitted_jobs(config)
     started = time.time()
     try:

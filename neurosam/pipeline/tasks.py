@@ -37,9 +37,20 @@ class StageBlocks:
     write_roi: Roi
 
     @property
-    def block_count(self) -> int:
+    def grid_shape(self) -> tuple[int, ...]:
         shape = self.total_roi.shape - (self.read_roi.shape - self.write_roi.shape)
-        return int(np.prod([-(-s // b) for s, b in zip(shape, self.write_roi.shape)]))
+        return tuple(-(-s // b) for s, b in zip(shape, self.write_roi.shape))
+
+    @property
+    def block_count(self) -> int:
+        return int(np.prod(self.grid_shape))
+
+    def skip_mask(self, done_blocks: set[int]) -> np.ndarray:
+        """daisy skips the blocks the RAG records as finished, even where a run was killed after
+        a worker recorded its block and before daisy wrote its own marker."""
+        mask = np.zeros(self.block_count, dtype=bool)
+        mask[sorted(done_blocks)] = True
+        return mask.reshape(self.grid_shape)
 
 
 def stages_for(config: RunConfig) -> list[str]:
@@ -66,7 +77,9 @@ def stage_blocks(stage: str, plan: RunPlan) -> StageBlocks:
     return StageBlocks(plan.volume_roi.grow(context, context), read_roi, Roi(context, plan.block_size))
 
 
-def build_pipeline(config: RunConfig, config_path: str, plan: RunPlan, until: str | None = None) -> daisy.Pipeline:
+def build_pipeline(
+    config: RunConfig, config_path: str, plan: RunPlan, done_blocks: dict[str, set[int]], until: str | None = None
+) -> daisy.Pipeline:
     from neurosam.pipeline.launchers import make_process_function
 
     pipeline = None
@@ -82,6 +95,7 @@ def build_pipeline(config: RunConfig, config_path: str, plan: RunPlan, until: st
             fit="shrink",
             max_workers=config.workers.count,
             max_retries=config.workers.max_retries,
+            skip_mask=blocks.skip_mask(done_blocks.get(task_id, set())),
         )
         pipeline = daisy.Pipeline.from_task(task) if pipeline is None else pipeline + task
         if stage == until:
