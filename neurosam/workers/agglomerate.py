@@ -14,7 +14,7 @@ import waterz
 
 from neurosam.config import RunConfig
 from neurosam.rag import RagStore
-from neurosam.volumes import open_array
+from neurosam.workers.arrays import read_roi
 from neurosam.workers.blockgrid import BlockGrid
 from neurosam.workers.fragments import read_nearest_affinities
 from neurosam.workers.labels import unique_inverse
@@ -78,7 +78,7 @@ def merge_scores(pairs: np.ndarray, merge_history: list[dict], region_graph: lis
 
 
 def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
-    fragments = open_array(config.datasets.fragments).to_ndarray(block.read_roi, fill_value=0)
+    fragments = read_roi(config.datasets.fragments, block.read_roi, fill_value=0)
     ids, local = unique_inverse(fragments)
     local = local.astype(np.uint64)
     if ids[0] != 0:

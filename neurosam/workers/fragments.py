@@ -14,7 +14,8 @@ from funlib.geometry import Roi
 from neurosam.affinities import NEAREST_OFFSETS, to_float
 from neurosam.config import RunConfig
 from neurosam.rag import RagStore
-from neurosam.volumes import array_attrs, open_array
+from neurosam.volumes import array_attrs
+from neurosam.workers.arrays import cached_array, read_roi
 from neurosam.workers.blockgrid import BlockGrid
 
 
@@ -28,9 +29,9 @@ def nearest_neighbour_channels(offsets: list[list[int]]) -> list[int]:
 
 def read_nearest_affinities(config: RunConfig, roi: Roi) -> np.ndarray:
     """Float (3, Z, Y, X) affinities of ``roi``; outside the volume they read as 0 (a boundary)."""
-    affinities = open_array(config.datasets.affinities)
+    affinities = cached_array(config.datasets.affinities)
     channels = nearest_neighbour_channels(array_attrs(affinities)["offsets"])
-    data = affinities.to_ndarray(roi, fill_value=0)
+    data = read_roi(config.datasets.affinities, roi, fill_value=0)
     return np.ascontiguousarray(to_float(data[channels]))
 
 
@@ -71,8 +72,7 @@ def extract_fragments(config: RunConfig, rag: RagStore, grid: BlockGrid, block) 
     first_id = grid.first_id(write_roi)
     fragments = np.where(local > 0, local + np.uint64(first_id), np.uint64(0))
 
-    output = open_array(config.datasets.fragments, mode="r+")
-    output[write_roi] = fragments
+    cached_array(config.datasets.fragments, mode="r+")[write_roi] = fragments
     ids, positions, sizes = fragment_nodes(local, first_id, write_roi, grid.voxel_size)
     rag.delete_in_roi(write_roi)
     rag.write_nodes(ids, positions, sizes)

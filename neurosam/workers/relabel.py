@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from neurosam.config import RunConfig
-from neurosam.volumes import open_array
+from neurosam.workers.arrays import cached_array, read_roi
 from neurosam.workers.labels import unique_inverse
 from neurosam.workers.segment import apply_lookup, fragment_ids_path, lookup_path
 
@@ -16,10 +16,10 @@ def segmentation_path(config: RunConfig, threshold: float) -> str:
 
 def relabel_block(config: RunConfig, block) -> None:
     """The block's fragment ids are found once and looked up in every threshold's table."""
-    fragments = open_array(config.datasets.fragments)[block.write_roi]
+    fragments = read_roi(config.datasets.fragments, block.write_roi)
     present, inverse = unique_inverse(fragments)
     ids = np.load(fragment_ids_path(config), mmap_mode="r")
     for threshold in config.segment.thresholds:
         table = np.load(lookup_path(config, threshold), mmap_mode="r")
-        output = open_array(segmentation_path(config, threshold), mode="r+")
+        output = cached_array(segmentation_path(config, threshold), mode="r+")
         output[block.write_roi] = apply_lookup(present, ids, table)[inverse]
