@@ -32,11 +32,11 @@ def demo_config() -> dict:
             "segmentation": f"{container}/segmentation",
             "ground_truth": f"{container}/neuron_ids",
         },
-        "blocks": {"block_size": [250, 500, 500], "context": [50, 50, 50]},
+        "blocks": {"block_size": [250, 500, 500], "context": [100, 100, 100]},
         "workers": {"launcher": "local", "count": 2},
         "rag": {"url": "sqlite:///rag.db"},
         "fragments": {"epsilon_agglomerate": 0.1},
-        "segment": {"scoring_function": "hist_quant_50", "thresholds": [0.5, 0.7, 0.8, 0.9, 0.95]},
+        "segment": {"scoring_function": "hist_quant_50", "thresholds": [0.5, 0.6, 0.7, 0.8, 0.9]},
     }
 
 

@@ -1,5 +1,6 @@
 """Progress a person can read in a terminal or a SLURM log: blocks done / total, rate and ETA per
-task, a line every few seconds (no bars that garble log files), also written to progress.log."""
+task, in pipeline order, every few seconds for the tasks that moved (no bars that garble log
+files), also written to progress.log."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ def _duration(seconds: float) -> str:
 class ProgressLog:
     """A daisy progress observer (on_start / on_progress / on_finish)."""
 
-    def __init__(self, log_path: Path, interval_seconds: float = 5.0, echo: bool = True):
+    def __init__(self, task_order: list[str], log_path: Path, interval_seconds: float = 5.0, echo: bool = True):
+        self.task_order = task_order
         self.log_path = log_path
         self.interval_seconds = interval_seconds
         self.echo = echo
         self.started: dict[str, tuple[float, int]] = {}
+        self.reported: dict[str, int] = {}
         self.last_report = 0.0
 
     def _line(self, task_id: str, state, now: float) -> str:
@@ -43,7 +46,11 @@ class ProgressLog:
         if not force and now - self.last_report < self.interval_seconds:
             return
         self.last_report = now
-        lines = [self._line(task_id, state, now) for task_id, state in states.items()]
+        changed = [t for t in self.task_order if t in states and (force or states[t].completed_count != self.reported.get(t))]
+        if not changed:
+            return
+        lines = [self._line(task_id, states[task_id], now) for task_id in changed]
+        self.reported.update({task_id: states[task_id].completed_count for task_id in changed})
         stamp = time.strftime("%H:%M:%S")
         text = "\n".join(f"[{stamp}] {line}" for line in lines) + "\n"
         with self.log_path.open("a") as log:

@@ -51,7 +51,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     try:
         states = daisy.run_blockwise(
             pipeline,
-            progress=ProgressLog(log_dir / "progress.log", echo=echo_progress),
+            progress=ProgressLog(list(task_ids(config).values()), log_dir / "progress.log", echo=echo_progress),
             return_states=True,
             host="127.0.0.1" if config.workers.launcher == "local" else None,
             summary=False,
@@ -67,6 +67,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
 
 
 def _write_summary(config: RunConfig, config_path: str, states, seconds: float) -> dict:
+    order = list(task_ids(config).values())
     tasks = {
         task: {
             "blocks": s.total_block_count,
@@ -75,7 +76,7 @@ def _write_summary(config: RunConfig, config_path: str, states, seconds: float) 
             "failed": s.failed_count,
             "orphaned": s.orphaned_count,
         }
-        for task, s in states.items()
+        for task, s in sorted(states.items(), key=lambda item: order.index(item[0]))
     }
     summary = {"config": config_path, "seconds": round(seconds, 2), "tasks": tasks}
     evaluation = config.work_dir / "evaluation.json"
