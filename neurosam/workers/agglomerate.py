@@ -42,39 +42,51 @@ def touching_pairs(labels: np.ndarray) -> np.ndarray:
 def merge_scores(pairs: np.ndarray, merge_history: list[dict], region_graph: list[dict]) -> np.ndarray:
     """For each pair of local labels, the score of the merge that first put both in one region.
 
-    The merges are replayed on a graph of regions whose edges carry the original pairs between
-    them; pairs never merged take the score of their regions' final edge.
+    The merges form a tree: the labels are its leaves and merge k is node ``labels + k``, above
+    the two regions it joined. The merge that first joined two labels is their lowest common
+    ancestor. Pairs never merged take the score of their regions' edge in the final region graph.
     """
+    labels = 1 + max([int(pairs.max(initial=0))] + [max(merge["a"], merge["b"]) for merge in merge_history])
+    node_of_region = list(range(labels))
+    parent = list(range(labels + len(merge_history)))
+    for node, merge in enumerate(merge_history, start=labels):
+        parent[node_of_region[merge["a"]]] = node
+        parent[node_of_region[merge["b"]]] = node
+        node_of_region[merge["c"]] = node
+    parent = np.array(parent)
+    u, v = _below_common_ancestor(parent, pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64))
+
     scores = np.full(len(pairs), UNMERGED_SCORE, dtype=np.float64)
-    between: dict[tuple[int, int], list[int]] = {}
-    neighbours: dict[int, set[int]] = {}
-    for index, (u, v) in enumerate(pairs.tolist()):
-        between.setdefault((u, v), []).append(index)
-        neighbours.setdefault(u, set()).add(v)
-        neighbours.setdefault(v, set()).add(u)
-
-    def key(a: int, b: int) -> tuple[int, int]:
-        return (a, b) if a < b else (b, a)
-
-    for merge in merge_history:
-        a, b, into, score = merge["a"], merge["b"], merge["c"], merge["score"]
-        for index in between.pop(key(a, b), []):
-            scores[index] = score
-        gone = b if into == a else a
-        neighbours.get(into, set()).discard(gone)
-        for other in neighbours.pop(gone, set()):
-            if other == into:
-                continue
-            moved = between.pop(key(gone, other))
-            between.setdefault(key(into, other), []).extend(moved)
-            neighbours[other].discard(gone)
-            neighbours[other].add(into)
-            neighbours.setdefault(into, set()).add(other)
-
-    for edge in region_graph:
-        for index in between.get(key(edge["u"], edge["v"]), []):
-            scores[index] = edge["score"]
+    joined = parent[u] == parent[v]
+    merge_score = np.array([merge["score"] for merge in merge_history], dtype=np.float64)
+    scores[joined] = merge_score[parent[u[joined]] - labels]
+    region_of_node = np.array(list(range(labels)) + [merge["c"] for merge in merge_history])
+    final_edges = {(min(edge["u"], edge["v"]), max(edge["u"], edge["v"])): edge["score"] for edge in region_graph}
+    apart = np.flatnonzero(~joined)
+    for index, a, b in zip(apart.tolist(), region_of_node[u[apart]].tolist(), region_of_node[v[apart]].tolist()):
+        scores[index] = final_edges.get((min(a, b), max(a, b)), UNMERGED_SCORE)
     return scores
+
+
+def _below_common_ancestor(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leaves u and v lifted to the two children of their lowest common ancestor, or to their
+    roots where they are in different trees: all pairs at once, by jumps of powers of two."""
+    # ancestors[k] is each node's ancestor 2**k levels up (or its root); depth is found on the way
+    depth = (parent != np.arange(len(parent))).astype(np.int64)
+    ancestors = [parent]
+    while not np.array_equal(ancestors[-1][ancestors[-1]], ancestors[-1]):
+        depth = depth + depth[ancestors[-1]]
+        ancestors.append(ancestors[-1][ancestors[-1]])
+
+    deeper = depth[u] >= depth[v]
+    u, v = np.where(deeper, u, v), np.where(deeper, v, u)
+    steps = depth[u] - depth[v]
+    for level, above in enumerate(ancestors):
+        u = np.where((steps >> level) & 1 == 1, above[u], u)
+    for above in reversed(ancestors):
+        apart = above[u] != above[v]
+        u, v = np.where(apart, above[u], u), np.where(apart, above[v], v)
+    return u, v
 
 
 def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
