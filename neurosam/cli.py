@@ -51,7 +51,7 @@ def _demo(args) -> None:
 def _convert(args) -> None:
     from neurosam.convert import convert
 
-    convert(args.input, args.dataset, args.output, voxel_size=args.voxel_size, offset=args.offset)
+    convert(args.input, args.dataset, args.output, voxel_size=args.voxel_size, offset=args.offset, zarr_format=args.zarr_format)
     print(f"wrote {args.output}")
 
 
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dataset", help="dataset inside the HDF5 file")
     convert.add_argument("--voxel-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; default: the HDF5 'resolution' attribute")
     convert.add_argument("--offset", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; default: the HDF5 'offset' attribute")
+    convert.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr format of the output (default 3)")
     convert.set_defaults(handler=_convert)
 
     view = commands.add_parser("view", help="draw a section of the raw with a segmentation over it")

@@ -131,6 +131,7 @@ def _store(
     chunk_shape: Sequence[int] | None,
     whole_sections: bool,
     lock: bool,
+    zarr_format: int,
 ) -> None:
     """Copy ``source`` chunk by chunk; ``whole_sections`` reads it in slabs of full sections, as
     TIFF pages can only be decoded whole."""
@@ -152,6 +153,7 @@ def _store(
             dtype,
             channels=channels,
             chunk_voxels=chunk_shape,
+            zarr_format=zarr_format,
         )
     except PermissionError:
         existing = open_array(output_path)
@@ -175,6 +177,7 @@ def convert(
     voxel_size: Sequence[int] | None = None,
     offset: Sequence[int] | None = None,
     chunk_shape: Sequence[int] | None = None,
+    zarr_format: int = 3,
 ) -> None:
     """Write an HDF5 dataset or a TIFF stack to ``output_path`` (``container.zarr/dataset``).
 
@@ -194,7 +197,7 @@ def convert(
         with TiffStack(input_path) as stack:
             _store(
                 stack, {}, str(input_path), output_path, voxel_size, offset, chunk_shape,
-                whole_sections=True, lock=False,
+                whole_sections=True, lock=False, zarr_format=zarr_format,
             )
     elif input_path.suffix.lower() in HDF5_SUFFIXES:
         with h5py.File(input_path, "r") as file:
@@ -203,7 +206,7 @@ def convert(
             # h5py is not thread-safe: dask reads one chunk at a time under a lock.
             _store(
                 source, source.attrs, where, output_path, voxel_size, offset, chunk_shape,
-                whole_sections=False, lock=True,
+                whole_sections=False, lock=True, zarr_format=zarr_format,
             )
     else:
         raise ConvertError(

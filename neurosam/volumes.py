@@ -66,8 +66,10 @@ def create_array(
     channels: int | None = None,
     chunk_voxels: Sequence[int] | None = None,
     attrs: dict | None = None,
+    zarr_format: int = 3,
 ) -> Array:
-    """Create (or reopen, if compatible) a zarr v3 dataset covering ``roi``.
+    """Create (or reopen, if compatible) a zarr dataset covering ``roi``: v3 by default, v2 for
+    tools that read only v2.
 
     Reopening an existing compatible dataset never erases what it holds, so a resumed run
     keeps every finished block.
@@ -98,6 +100,7 @@ def create_array(
         chunk_shape=chunks,
         dtype=np.dtype(dtype),
         mode="a",
+        zarr_format=zarr_format,
     )
     if attrs:
         array._source_data.attrs.update(attrs)
