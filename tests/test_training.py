@@ -346,10 +346,14 @@ def test_shipped_configs_load_and_point_at_the_data():
     assert [c.model.architecture for c in configs.values()] == ["fgnet", "fgnet", "fge", "unet"]
 
 
-def test_config_errors_name_the_key(tmp_path):
-    path = write_config(tmp_path, iterations=1)
+def test_config_paths_are_relative_to_the_file_and_errors_name_the_key(tmp_path):
+    fgnet = {"architecture": "fgnet", "sam2": {"checkpoint": "weights/sam2.1_hiera_tiny.pt"}}
+    path = write_config(tmp_path, iterations=1, model=fgnet)
+    loaded = load_train_config(path)
+    assert loaded.data.raw == str(tmp_path / "volume.h5/raw")
+    assert loaded.output_dir == tmp_path / "run"
+    assert loaded.model.sam2.checkpoint == tmp_path / "weights/sam2.1_hiera_tiny.pt"
     config = yaml.safe_load(path.read_text())
-    assert load_train_config(path).data.raw == str(tmp_path / "volume.h5/raw")
     for change, message in (
         ({"learning_rate": 0.1}, "learning_rate: unknown key"),
         ({"data": {**config["data"], "validation_z": [10, 20]}}, "overlap"),

@@ -98,16 +98,15 @@ def load_train_config(path: str | Path) -> TrainConfig:
     data = load_yaml(path)
     base = path.resolve().parent
 
-    def resolve(value):
-        return value if value is None or Path(value).is_absolute() else str((base / value).resolve())
+    def resolve(section, key: str) -> None:
+        if isinstance(section, dict) and section.get(key) is not None and not Path(section[key]).is_absolute():
+            section[key] = str((base / section[key]).resolve())
 
-    if "output_dir" in data:
-        data["output_dir"] = resolve(data["output_dir"])
-    if isinstance(data.get("data"), dict):
-        data["data"] = {**data["data"], **{key: resolve(data["data"][key]) for key in ("raw", "labels") if key in data["data"]}}
-    sam2 = data.get("model", {}).get("sam2") if isinstance(data.get("model"), dict) else None
-    if isinstance(sam2, dict) and sam2.get("checkpoint") is not None:
-        sam2["checkpoint"] = resolve(sam2["checkpoint"])
+    resolve(data, "output_dir")
+    resolve(data.get("data"), "raw")
+    resolve(data.get("data"), "labels")
+    model = data.get("model")
+    resolve(model.get("sam2") if isinstance(model, dict) else None, "checkpoint")
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as error:
@@ -366,6 +365,7 @@ def train(config: TrainConfig) -> dict:
         "steps": config.iterations,
         "resumed_from_step": start_step,
         "last_loss": losses.get("loss"),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "best": best,
         "best_checkpoint": str(best_path),
         "last_checkpoint": str(last_path),
