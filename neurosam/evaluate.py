@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.volumes import VolumeError, open_array
+from neurosam.volumes import VolumeError, open_array, require_same_voxel_size
 
 DEFAULT_CHUNK_SHAPE = (128, 128, 128)
 CHUNKS_PER_MERGE = 32
@@ -178,11 +178,7 @@ def evaluate_arrays(
     """
     segmentation = open_array(segmentation_path)
     ground_truth = open_array(ground_truth_path)
-    if segmentation.voxel_size != ground_truth.voxel_size:
-        raise VolumeError(
-            f"{segmentation_path} has voxel size {segmentation.voxel_size} nm but {ground_truth_path} "
-            f"has {ground_truth.voxel_size} nm"
-        )
+    require_same_voxel_size(segmentation, segmentation_path, ground_truth, ground_truth_path)
     voxel_size = segmentation.voxel_size
     shared = segmentation.roi.intersect(ground_truth.roi)
     if roi is None:

@@ -7,7 +7,7 @@ import os
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.evaluate import plot_segmentation_slice
-from neurosam.volumes import VolumeError, open_array
+from neurosam.volumes import VolumeError, open_array, require_same_voxel_size
 
 
 def render_overview(
@@ -20,11 +20,7 @@ def render_overview(
     middle one) with segment boundaries and colours over the raw."""
     raw = open_array(raw_path)
     segmentation = open_array(segmentation_path)
-    if raw.voxel_size != segmentation.voxel_size:
-        raise VolumeError(
-            f"{raw_path} has voxel size {raw.voxel_size} nm but {segmentation_path} has "
-            f"{segmentation.voxel_size} nm; view needs them equal"
-        )
+    require_same_voxel_size(raw, raw_path, segmentation, segmentation_path)
     shared = raw.roi.intersect(segmentation.roi)
     if shared.empty:
         raise VolumeError(f"{raw_path} ({raw.roi}) and {segmentation_path} ({segmentation.roi}) do not overlap")

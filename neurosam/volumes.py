@@ -107,6 +107,14 @@ def create_array(
     return array
 
 
+def require_same_voxel_size(first: Array, first_path, second: Array, second_path) -> None:
+    """Arrays compared voxel by voxel must share a grid."""
+    if first.voxel_size != second.voxel_size:
+        raise VolumeError(
+            f"{first_path} has voxel size {tuple(first.voxel_size)} nm but {second_path} has {tuple(second.voxel_size)} nm"
+        )
+
+
 def array_attrs(array: Array) -> dict:
     return dict(array._source_data.attrs)
 
