@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from funlib.geometry import Roi
 from scipy.ndimage import distance_transform_edt
 
 from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
@@ -26,7 +27,7 @@ from neurosam.model.training import (
     train_from_config,
     train_step,
 )
-from neurosam.volumes import VolumeError
+from neurosam.volumes import VolumeError, create_array
 
 REPO = Path(__file__).resolve().parents[1]
 MEDULLA = REPO.parent / "shared" / "data" / "medulla_fibsem_train.h5"
@@ -144,23 +145,37 @@ def test_batches_depend_on_seed_and_step_only():
     assert not torch.equal(batches[4]["raw"], batches[5]["raw"])
 
 
-def test_load_range_matches_raw_and_labels_by_offset(tmp_path):
+def write_padded_volume(directory: Path, container: str, raw: np.ndarray, labels: np.ndarray) -> None:
+    """Raw at offset 0 and labels at (80, 16, 24) nm, voxels of (40, 4, 4) nm, in HDF5 or zarr."""
+    voxel_size, labels_offset = (40, 4, 4), (80, 16, 24)
+    if container.endswith(".h5"):
+        with h5py.File(directory / container, "w") as file:
+            file["raw"] = raw
+            file["raw"].attrs.update(resolution=voxel_size, offset=(0, 0, 0))
+            file["labels"] = labels
+            file["labels"].attrs.update(resolution=voxel_size, offset=labels_offset)
+        return
+    for name, data, offset in (("raw", raw, (0, 0, 0)), ("labels", labels, labels_offset)):
+        roi = Roi(offset, tuple(s * v for s, v in zip(data.shape, voxel_size)))
+        array = create_array(directory / container / name, roi, voxel_size, data.dtype)
+        array[roi] = data
+
+
+@pytest.mark.parametrize("container", ["padded.h5", "padded.zarr"])
+def test_load_range_matches_raw_and_labels_by_offset(tmp_path, container):
     """Raw larger than the labels (as in CREMI): the labels' voxels are found through the offsets."""
     raw = np.arange(10 * 20 * 20, dtype=np.uint16).reshape(10, 20, 20)
-    labels = np.ones((6, 8, 8), dtype=np.uint64)
-    with h5py.File(tmp_path / "padded.h5", "w") as file:
-        file["raw"] = raw
-        file["raw"].attrs.update(resolution=(40, 4, 4), offset=(0, 0, 0))
-        file["labels"] = labels
-        file["labels"].attrs.update(resolution=(40, 4, 4), offset=(80, 16, 24))
+    labels = np.arange(6 * 8 * 8, dtype=np.uint64).reshape(6, 8, 8)
+    write_padded_volume(tmp_path, container, raw, labels)
     config = DataConfig(
-        raw=str(tmp_path / "padded.h5/raw"), labels=str(tmp_path / "padded.h5/labels"), train_z=(1, 4), validation_z=(5, 6)
+        raw=str(tmp_path / container / "raw"), labels=str(tmp_path / container / "labels"), train_z=(1, 4), validation_z=(5, 6)
     )
     loaded_raw, loaded_labels = load_range(config, config.train_z)
     np.testing.assert_allclose(loaded_raw, raw[3:6, 4:12, 6:14] / 65535.0, rtol=1e-6)
-    assert loaded_labels.shape == (3, 8, 8)
+    np.testing.assert_array_equal(loaded_labels, labels[1:4])
+    swapped = config.model_copy(update={"raw": config.labels, "labels": config.raw})
     with pytest.raises(VolumeError, match="does not cover"):
-        load_range(config.model_copy(update={"raw": str(tmp_path / "padded.h5/labels"), "labels": str(tmp_path / "padded.h5/raw")}), (0, 2))
+        load_range(swapped, (0, 2))
 
 
 # --- losses ---------------------------------------------------------------------------------
@@ -307,9 +322,10 @@ class Echo(torch.nn.Module):
         return {"refined": torch.cat([raw, 2 * raw, -raw], dim=1)}
 
 
-def test_tiled_prediction_assembles_the_whole_volume():
+@pytest.mark.parametrize("tile_batch", [1, 3])
+def test_tiled_prediction_assembles_the_whole_volume(tile_batch):
     raw = np.random.default_rng(0).random((7, 23, 19), dtype=np.float32)
-    affinities = predict_affinities(Echo(), raw, (4, 8, 8), (1, 2, 2), CPU, amp=False)
+    affinities = predict_affinities(Echo(), raw, (4, 8, 8), (1, 2, 2), CPU, amp=False, tile_batch=tile_batch)
     assert affinities.shape == (3, 7, 23, 19)
     np.testing.assert_allclose(affinities[0], 1 / (1 + np.exp(-raw)), rtol=1e-6)
     np.testing.assert_allclose(affinities[1], 1 / (1 + np.exp(-2 * raw)), rtol=1e-6)

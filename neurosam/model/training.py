@@ -60,6 +60,7 @@ class ValidationConfig(BaseModel):
     scoring_function: str = HIST_QUANT_50
     tile_shape: Vector3 | None = None
     tile_context: Vector3 = (2, 8, 8)
+    tile_batch: int = Field(8, ge=1)
 
 
 class TrainConfig(BaseModel):
@@ -147,12 +148,19 @@ def train_step(
 
 @torch.no_grad()
 def predict_affinities(
-    model: torch.nn.Module, raw: np.ndarray, tile_shape: Vector3, tile_context: Vector3, device: torch.device, amp: bool
+    model: torch.nn.Module,
+    raw: np.ndarray,
+    tile_shape: Vector3,
+    tile_context: Vector3,
+    device: torch.device,
+    amp: bool,
+    tile_batch: int = 1,
 ) -> np.ndarray:
     """Affinities in [0, 1] (C, Z, Y, X) of the refined head over a whole volume (Z, Y, X).
 
     Tiles overlap by twice the context and keep only their cores; the volume is padded by
-    reflection so that every tile has full input.
+    reflection so that every tile has full input. ``tile_batch`` tiles go through the model
+    at once, which keeps a GPU (and CPU convolutions) busier than single tiles.
     """
     tile, context = np.array(tile_shape), np.array(tile_context)
     core = tile - 2 * context
@@ -161,20 +169,21 @@ def predict_affinities(
     counts = -(-np.array(raw.shape) // core)
     padding = [(c, n * k - s + c) for c, n, k, s in zip(context, counts, core, raw.shape)]
     padded = torch.from_numpy(np.pad(raw, padding, mode="reflect"))
+    starts = [np.array(index) * core for index in np.ndindex(*counts)]
+    inner = (slice(None), *(slice(c, c + k) for c, k in zip(context, core)))
     result = None
     was_training = model.training
     model.eval()
-    for index in np.ndindex(*counts):
-        start = np.array(index) * core
-        window = tuple(slice(a, a + t) for a, t in zip(start, tile))
-        tile_input = padded[window][None, None].to(device)
+    for first in range(0, len(starts), tile_batch):
+        batch_starts = starts[first : first + tile_batch]
+        tiles = [padded[tuple(slice(a, a + t) for a, t in zip(start, tile))] for start in batch_starts]
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(tile_input)["refined"]
-        probabilities = torch.sigmoid(logits.float())[0].cpu().numpy()
+            logits = model(torch.stack(tiles)[:, None].to(device))["refined"]
+        probabilities = torch.sigmoid(logits.float()).cpu().numpy()
         if result is None:
-            result = np.zeros((probabilities.shape[0], *(counts * core)), dtype=np.float32)
-        inner = tuple(slice(c, c + k) for c, k in zip(context, core))
-        result[(slice(None), *(slice(a, a + k) for a, k in zip(start, core)))] = probabilities[(slice(None), *inner)]
+            result = np.zeros((probabilities.shape[1], *(counts * core)), dtype=np.float32)
+        for start, tile_probabilities in zip(batch_starts, probabilities):
+            result[(slice(None), *(slice(a, a + k) for a, k in zip(start, core)))] = tile_probabilities[inner]
     model.train(was_training)
     return result[(slice(None), *(slice(0, s) for s in raw.shape))]
 
@@ -344,7 +353,9 @@ def train(config: TrainConfig) -> dict:
         losses = train_step(model, optimizer, scaler, batch, config.loss, device, amp)
         training_log.append({"step": step, **losses, "seconds": round(time.monotonic() - started, 3)})
         if step % config.validation.every == 0 or step == config.iterations:
-            affinities = predict_affinities(model, validation_raw, tile_shape, config.validation.tile_context, device, amp)
+            affinities = predict_affinities(
+                model, validation_raw, tile_shape, config.validation.tile_context, device, amp, config.validation.tile_batch
+            )
             scores = best_threshold(
                 segment_and_score(
                     affinities, config.model.offsets, validation_labels,
