@@ -30,8 +30,8 @@ def touching_pairs(labels: np.ndarray) -> np.ndarray:
     base = labels.max(initial=0) + 1
     codes = []
     for axis in range(labels.ndim):
-        here = np.moveaxis(labels, axis, 0)[1:].ravel()
-        there = np.moveaxis(labels, axis, 0)[:-1].ravel()
+        here = labels[(slice(None),) * axis + (slice(1, None),)]
+        there = labels[(slice(None),) * axis + (slice(None, -1),)]
         touching = (here != there) & (here != 0) & (there != 0)
         here, there = here[touching], there[touching]
         codes.append(np.minimum(here, there) * base + np.maximum(here, there))

@@ -7,8 +7,10 @@ import numpy as np
 
 def unique_inverse(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(labels, return_inverse=True)`` with the inverse in the labels' shape. Labels
-    come in runs of equal voxels, so only the first voxel of each run is sorted."""
+    come in runs of equal voxels, so only the first voxel of each run is sorted and looked up."""
     flat = labels.ravel()
-    run_starts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    ids = np.unique(np.concatenate([flat[:1], flat[run_starts]]))
-    return ids, np.searchsorted(ids, labels)
+    run_starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
+    run_values = flat[run_starts]
+    ids = np.unique(run_values)
+    run_lengths = np.diff(np.append(run_starts, flat.size))
+    return ids, np.repeat(np.searchsorted(ids, run_values), run_lengths).reshape(labels.shape)
