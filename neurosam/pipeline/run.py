@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
         done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_ids(config).values()}
     pipeline = build_pipeline(config, config_path, plan, done_blocks, until)
     cancel_submitted_jobs(config)
+    # zarr decodes chunks in threads, and glibc gives each thread a malloc arena of its own where
+    # freed block buffers pile up; with one arena they are reused, and a worker's peak memory
+    # stops growing after its first blocks. Local workers and SLURM jobs inherit the variable.
+    os.environ.setdefault("MALLOC_ARENA_MAX", "1")
     started = time.time()
     try:
         states = daisy.run_blockwise(
