@@ -12,9 +12,9 @@ import daisy.v2 as daisy
 from daisy import logging as daisy_logging
 
 from neurosam.config import RunConfig, load_config
-from neurosam.pipeline.plan import plan_run, prepare_outputs
+from neurosam.pipeline.plan import RunPlan, plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
-from neurosam.pipeline.tasks import build_pipeline, stage_blocks, stages_for, task_ids
+from neurosam.pipeline.tasks import build_pipeline, stage_blocks, stages_for, stages_until, task_ids
 from neurosam.rag import open_rag
 
 logger = logging.getLogger(__name__)
@@ -53,17 +53,19 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     # stops growing after its first blocks. Local workers and SLURM jobs inherit the variable.
     os.environ.setdefault("MALLOC_ARENA_MAX", "1")
     started = time.time()
+    states = {}
     try:
-        states = daisy.run_blockwise(
-            pipeline,
-            progress=ProgressLog(list(task_ids(config).values()), log_dir / "progress.log", echo=echo_progress),
-            return_states=True,
-            host="127.0.0.1" if config.workers.launcher == "local" else None,
-            summary=False,
-        )
+        if pipeline is not None:
+            states = daisy.run_blockwise(
+                pipeline,
+                progress=ProgressLog(list(task_ids(config).values()), log_dir / "progress.log", echo=echo_progress),
+                return_states=True,
+                host="127.0.0.1" if config.workers.launcher == "local" else None,
+                summary=False,
+            )
     finally:
         cancel_submitted_jobs(config)
-    summary = _write_summary(config, config_path, states, time.time() - started)
+    summary = _write_summary(config, config_path, plan, until, states, time.time() - started)
     failed = {task: s.last_worker_error for task, s in states.items() if s.completed_count < s.total_block_count}
     if failed:
         details = "\n".join(f"  {task}: {error}" for task, error in failed.items())
@@ -71,18 +73,23 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     return summary
 
 
-def _write_summary(config: RunConfig, config_path: str, states, seconds: float) -> dict:
-    order = list(task_ids(config).values())
-    tasks = {
-        task: {
-            "blocks": s.total_block_count,
-            "completed": s.completed_count,
-            "skipped_as_done": s.skipped_count,
-            "failed": s.failed_count,
-            "orphaned": s.orphaned_count,
-        }
-        for task, s in sorted(states.items(), key=lambda item: order.index(item[0]))
-    }
+def _write_summary(config: RunConfig, config_path: str, plan: RunPlan, until: str | None, states, seconds: float) -> dict:
+    """Per task, daisy's counts; a task left out of the run as finished counts as all skipped."""
+    ids = task_ids(config)
+    tasks = {}
+    for stage in stages_until(config, until):
+        state = states.get(ids[stage])
+        if state is None:
+            blocks = stage_blocks(stage, plan).block_count
+            tasks[ids[stage]] = {"blocks": blocks, "completed": blocks, "skipped_as_done": blocks, "failed": 0, "orphaned": 0}
+        else:
+            tasks[ids[stage]] = {
+                "blocks": state.total_block_count,
+                "completed": state.completed_count,
+                "skipped_as_done": state.skipped_count,
+                "failed": state.failed_count,
+                "orphaned": state.orphaned_count,
+            }
     summary = {"config": config_path, "seconds": round(seconds, 2), "tasks": tasks}
     evaluation = config.work_dir / "evaluation.json"
     if evaluation.exists():

@@ -77,14 +77,26 @@ def stage_blocks(stage: str, plan: RunPlan) -> StageBlocks:
     return StageBlocks(plan.volume_roi.grow(context, context), read_roi, Roi(context, plan.block_size))
 
 
+def stages_until(config: RunConfig, until: str | None) -> list[str]:
+    stages = stages_for(config)
+    return stages if until is None else stages[: stages.index(until) + 1]
+
+
 def build_pipeline(
     config: RunConfig, config_path: str, plan: RunPlan, done_blocks: dict[str, set[int]], until: str | None = None
-) -> daisy.Pipeline:
+) -> daisy.Pipeline | None:
+    """The daisy pipeline of the stages with blocks left to do (None when there are none): a
+    finished task is left out, as daisy would still start its workers only to skip every block."""
     from neurosam.pipeline.launchers import make_process_function
 
+    ids = task_ids(config)
     pipeline = None
-    for stage, task_id in task_ids(config).items():
+    for stage in stages_until(config, until):
+        task_id = ids[stage]
         blocks = stage_blocks(stage, plan)
+        skip_mask = blocks.skip_mask(done_blocks.get(task_id, set()))
+        if skip_mask.all():
+            continue
         task = daisy.Task(
             task_id,
             total_roi=blocks.total_roi,
@@ -95,9 +107,7 @@ def build_pipeline(
             fit="shrink",
             max_workers=config.workers.count,
             max_retries=config.workers.max_retries,
-            skip_mask=blocks.skip_mask(done_blocks.get(task_id, set())),
+            skip_mask=skip_mask,
         )
         pipeline = daisy.Pipeline.from_task(task) if pipeline is None else pipeline + task
-        if stage == until:
-            break
     return pipeline
