@@ -9,11 +9,8 @@ optimizer, the AMP scaler and torch's RNG states.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +29,7 @@ from neurosam.model.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
 from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range
 from neurosam.model.losses import HEADS, LossConfig, affinity_loss
+from neurosam.quiet import quiet_stdout
 
 logger = logging.getLogger(__name__)
 
@@ -186,20 +184,6 @@ def predict_affinities(
             result[(slice(None), *(slice(a, a + k) for a, k in zip(start, core)))] = tile_probabilities[inner]
     model.train(was_training)
     return result[(slice(None), *(slice(0, s) for s in raw.shape))]
-
-
-@contextlib.contextmanager
-def quiet_stdout():
-    """Silence waterz, whose C++ core reports every merge round on the process's stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
 
 
 def segment_and_score(
