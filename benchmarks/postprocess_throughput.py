@@ -1,0 +1,325 @@
+"""Post-processing throughput (affinities -> segmentation, voxels/s) of the block-wise pipeline
+with 1 and 2 workers, beside monolithic waterz on the same volume in the same run.
+
+Volumes of N^3 voxels are mirrored from the medulla FIB-SEM volume (160 x 250 x 250). Their
+affinities come from a boundary map made from its ground truth: exp(-d / 1.5 voxels), d the
+distance to the nearest ground-truth boundary, plus seeded Gaussian noise smoothed over one
+voxel (std 0.15), turned into nearest-neighbour affinities by max(boundary here, there). The
+noise gives watershed real work: hundreds of fragments per neuron, as with predicted affinities.
+
+Both sides start from the uint8 affinities in zarr and end with one uint64 segmentation per
+threshold in zarr, with the same scoring function and thresholds; monolithic waterz does one
+watershed and one agglomeration of the whole volume. "workers" is the pipeline's workers.count,
+the workers per task: stages overlap, so with 1 worker fragments and agglomerate already run
+side by side; the CPU seconds of all worker processes show how many cores a run kept busy.
+
+Every run has processes of its own. Peak memory is the kernel's high-water mark of resident
+memory (VmHWM) of each process: monolithic waterz reads its own; every daisy worker of the
+pipeline writes its own as it exits, through a sitecustomize hook. (ru_maxrss would not do: a
+spawned process inherits its parent's.) Segment is one process over the whole graph, reading it
+a page of edges at a time, so its memory is reported apart from that of the block workers.
+
+A run on a 64^3 volume (one block) shows the pipeline's fixed cost: a worker process started
+per task, one after the other. The time per voxel added between two volume sizes is the
+per-voxel cost without it.
+
+    python benchmarks/postprocess_throughput.py --sizes 128 256 512 --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import h5py
+import numpy as np
+import waterz
+import yaml
+from funlib.geometry import Coordinate, Roi
+from scipy import ndimage
+
+from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities, to_float
+from neurosam.config import AgglomerateConfig, SegmentConfig
+from neurosam.pipeline.plan import RunPlan
+from neurosam.quiet import quiet_stdout
+from neurosam.volumes import create_array, open_array
+
+MEDULLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medulla_fibsem_train.h5"
+SCORING_NAME = "hist_quant_50"
+SCORING_FUNCTION = AgglomerateConfig().scoring_functions[SCORING_NAME]
+THRESHOLDS = SegmentConfig().thresholds
+BOUNDARY_DECAY_VOXELS = 1.5
+NOISE_STD = 0.15
+NOISE_SMOOTHING_VOXELS = 1.0
+FIXED_COST_SIZE = 64
+SPEEDUP_TARGET = 1.5
+FLATNESS_TOLERANCE = 0.2
+PEAKS_DIR_VARIABLE = "POSTPROCESS_BENCHMARK_PEAKS"
+PEAK_HOOK = f'''
+import atexit, os, re
+
+
+def _record_peak():
+    with open("/proc/self/status") as status:
+        peak_kib = next(line.split()[1] for line in status if line.startswith("VmHWM"))
+    task = re.search(r"(?:^|:)task_id=([^:]+)", os.environ["DAISY_CONTEXT"]).group(1)
+    with open(os.path.join(os.environ["{PEAKS_DIR_VARIABLE}"], str(os.getpid())), "w") as record:
+        record.write(f"{{task}} {{peak_kib}}")
+
+
+if "DAISY_CONTEXT" in os.environ and "{PEAKS_DIR_VARIABLE}" in os.environ:
+    atexit.register(_record_peak)
+'''
+
+
+def medulla_boundary() -> tuple[np.ndarray, Coordinate]:
+    """A boundary probability map of the medulla volume, deterministic (seeded noise)."""
+    with h5py.File(MEDULLA, "r") as medulla:
+        labels = medulla["neuron_ids"][:]
+        voxel_size = Coordinate(medulla["neuron_ids"].attrs["resolution"])
+    ground_truth, _ = labels_to_affinities(labels, NEAREST_OFFSETS)
+    distance = ndimage.distance_transform_edt(ground_truth.min(axis=0) == 1)
+    noise = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=labels.shape), NOISE_SMOOTHING_VOXELS)
+    noise *= NOISE_STD / noise.std()
+    return np.clip(np.exp(-distance / BOUNDARY_DECAY_VOXELS) + noise, 0, 1).astype(np.float32), voxel_size
+
+
+def write_affinities(path: Path, boundary: np.ndarray, size: int, voxel_size: Coordinate, chunk: int) -> None:
+    mirrored = np.pad(boundary, [(0, max(0, size - s)) for s in boundary.shape], mode="symmetric")[:size, :size, :size]
+    roi = Roi((0, 0, 0), Coordinate((size,) * 3) * voxel_size)
+    store_affinities(str(path), boundary_to_affinities(mirrored), roi, voxel_size, NEAREST_OFFSETS, chunk_voxels=(chunk,) * 3)
+
+
+def write_config(work_dir: Path, affinities: Path, block: int, context: int, voxel_size: Coordinate, workers: int) -> Path:
+    config = {
+        "work_dir": str(work_dir),
+        "datasets": {
+            "affinities": str(affinities),
+            "fragments": str(work_dir / "out.zarr" / "fragments"),
+            "segmentation": str(work_dir / "out.zarr" / "segmentation"),
+        },
+        "blocks": {"block_size": list(Coordinate((block,) * 3) * voxel_size), "context": list(Coordinate((context,) * 3) * voxel_size)},
+        "workers": {"count": workers},
+        "rag": {"url": f"sqlite:///{work_dir / 'rag.db'}"},
+        "agglomerate": {"scoring_functions": {SCORING_NAME: SCORING_FUNCTION}},
+        "segment": {"scoring_function": SCORING_NAME, "thresholds": THRESHOLDS},
+    }
+    work_dir.mkdir(parents=True)
+    path = work_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def own_peak_bytes() -> int:
+    with open("/proc/self/status") as status:
+        return 1024 * next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+
+
+def run_monolithic(affinities_path: str, output_dir: str, output_chunk: tuple[int, ...]) -> dict:
+    """Runs in a child process: read all affinities, waterz, write each threshold's segmentation
+    in chunks of the pipeline's outputs."""
+    start, start_cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
+    affinities = open_array(affinities_path)
+    data = np.ascontiguousarray(to_float(affinities[affinities.roi]))
+    with quiet_stdout():
+        segmentations = waterz.agglomerate(data, THRESHOLDS, scoring_function=SCORING_FUNCTION)
+        for threshold, segmentation in zip(THRESHOLDS, segmentations):
+            output = create_array(f"{output_dir}/out.zarr/threshold_{threshold:.4f}", affinities.roi, affinities.voxel_size, np.uint64, chunk_voxels=output_chunk)
+            output[affinities.roi] = segmentation
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds(resource.RUSAGE_SELF) - start_cpu, "peak_bytes": own_peak_bytes()}
+
+
+def run_blockwise(config_path: str, peaks_dir: str) -> dict:
+    """Runs in a child process; its daisy workers record their peak memory in ``peaks_dir``."""
+    from neurosam.pipeline.blocks import stage_of
+    from neurosam.pipeline.run import run_pipeline
+
+    os.environ[PEAKS_DIR_VARIABLE] = peaks_dir
+    start = time.perf_counter()
+    with quiet_stdout():
+        run_pipeline(config_path, echo_progress=False)
+    seconds = time.perf_counter() - start
+    peaks: dict[str, int] = {}
+    for record in Path(peaks_dir).iterdir():
+        task, peak_kib = record.read_text().split()
+        peaks[stage_of(task)] = max(peaks.get(stage_of(task), 0), 1024 * int(peak_kib))
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds(resource.RUSAGE_CHILDREN), "peaks": peaks}
+
+
+def in_child_process(function, *args) -> dict:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+class Runs:
+    """Inputs and runs under one directory; the hook directory goes first on every child's path."""
+
+    def __init__(self, root: Path, args: argparse.Namespace):
+        self.root = root
+        self.args = args
+        self.boundary, self.voxel_size = medulla_boundary()
+        hook_dir = root / "hook"
+        hook_dir.mkdir(exist_ok=True)
+        (hook_dir / "sitecustomize.py").write_text(PEAK_HOOK)
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook_dir), os.environ.get("PYTHONPATH")]))
+
+    def affinities(self, size: int) -> Path:
+        path = self.root / f"size{size}" / "inputs.zarr" / "affinities"
+        if not path.exists():
+            write_affinities(path, self.boundary, size, self.voxel_size, self.args.chunk)
+        return path
+
+    def monolithic(self, size: int) -> dict:
+        block = Coordinate((self.args.block,) * 3) * self.voxel_size
+        output_chunk = RunPlan(Roi((0, 0, 0), block), self.voxel_size, block, Coordinate((0, 0, 0))).chunk_voxels
+        return in_child_process(run_monolithic, str(self.affinities(size)), str(self.root / f"size{size}" / "monolithic"), output_chunk)
+
+    def blockwise(self, size: int, workers: int) -> dict:
+        work_dir = self.root / f"size{size}" / f"workers{workers}"
+        config = write_config(work_dir, self.affinities(size), self.args.block, self.args.context, self.voxel_size, workers)
+        peaks_dir = work_dir / "peaks"
+        peaks_dir.mkdir()
+        return in_child_process(run_blockwise, str(config), str(peaks_dir))
+
+    def drop(self, size: int) -> None:
+        shutil.rmtree(self.root / f"size{size}")
+
+
+def mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.0f}"
+
+
+def block_worker_peak(result: dict) -> tuple[str, int]:
+    """The largest peak of the workers of block-wise stages; segment is one process over the
+    whole graph, whose memory is set by ``segment.edges_per_page`` instead."""
+    return max(((stage, peak) for stage, peak in result["peaks"].items() if stage != "segment"), key=lambda item: item[1])
+
+
+TABLE_HEADER = (
+    "| volume | workers | block-wise s (CPU s) | block-wise voxels/s | monolithic s (CPU s) | monolithic voxels/s "
+    "| block-wise / monolithic | ns/voxel | ns/voxel added | block worker peak RSS, MiB | segment peak RSS, MiB "
+    "| monolithic peak RSS, MiB |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+)
+
+
+def ns_per_voxel_added(row: dict) -> float | None:
+    """Time per voxel between this volume and the previous one: the per-voxel cost without the
+    fixed cost of a run."""
+    previous = row["previous"]
+    if previous is None:
+        return None
+    return 1e9 * (row["blockwise"]["seconds"] - previous["blockwise"]["seconds"]) / (row["size"] ** 3 - previous["size"] ** 3)
+
+
+def print_row(row: dict) -> None:
+    voxels = row["size"] ** 3
+    blockwise, monolithic = row["blockwise"], row["monolithic"]
+    stage, peak = block_worker_peak(blockwise)
+    added = ns_per_voxel_added(row)
+    print(
+        f"| {row['size']}^3 | {row['workers']} | {blockwise['seconds']:.1f} ({blockwise['cpu_seconds']:.0f}) "
+        f"| {voxels / blockwise['seconds']:,.0f} | {monolithic['seconds']:.1f} ({monolithic['cpu_seconds']:.0f}) "
+        f"| {voxels / monolithic['seconds']:,.0f} | {monolithic['seconds'] / blockwise['seconds']:.2f}x "
+        f"| {1e9 * blockwise['seconds'] / voxels:.0f} | {'-' if added is None else f'{added:.0f}'} "
+        f"| {mib(peak)} ({stage}) | {mib(blockwise['peaks']['segment'])} | {mib(monolithic['peak_bytes'])} |",
+        flush=True,
+    )
+
+
+def verdict(met: bool) -> str:
+    return "MET" if met else "MISSED"
+
+
+def spread(values: list[float]) -> float:
+    return max(values) / min(values) - 1
+
+
+def print_targets(rows: list[dict], fixed_seconds: dict[int, float]) -> None:
+    largest, smallest = rows[-1]["size"], rows[0]["size"]
+    print()
+    print(
+        f"fixed cost: a run of one {FIXED_COST_SIZE}^3 block takes "
+        + ", ".join(f"{seconds:.1f} s with {workers} worker(s)" for workers, seconds in fixed_seconds.items())
+    )
+    for row in rows:
+        if row["size"] == largest and row["workers"] == 2:
+            speedup = row["monolithic"]["seconds"] / row["blockwise"]["seconds"]
+            print(f"target: 2 workers >= {SPEEDUP_TARGET}x monolithic throughput at {largest}^3: {speedup:.2f}x -> {verdict(speedup >= SPEEDUP_TARGET)}")
+    for workers in fixed_seconds:
+        mine = [r for r in rows if r["workers"] == workers]
+        end_to_end = spread([r["blockwise"]["seconds"] / r["size"] ** 3 for r in mine])
+        line = (
+            f"target: time per voxel flat within {FLATNESS_TOLERANCE:.0%} from {smallest}^3 to {largest}^3, {workers} worker(s): "
+            f"end to end spread {end_to_end:.0%} -> {verdict(end_to_end <= FLATNESS_TOLERANCE)}"
+        )
+        added = [ns_per_voxel_added(r) for r in mine[1:]]
+        if len(added) > 1:
+            line += f"; per voxel added between sizes spread {spread(added):.0%} -> {verdict(spread(added) <= FLATNESS_TOLERANCE)}"
+        print(line)
+        peaks = [block_worker_peak(r["blockwise"])[1] for r in mine]
+        growth = peaks[-1] / peaks[0] - 1
+        print(
+            f"target: peak memory per block worker set by the block size, {workers} worker(s): "
+            + " -> ".join(f"{mib(peak)} MiB at {r['size']}^3" for peak, r in zip(peaks, mine))
+            + f" ({growth:+.0%} for {(largest / smallest) ** 3:.0f}x the voxels; monolithic waterz "
+            f"{mib(mine[0]['monolithic']['peak_bytes'])} -> {mib(mine[-1]['monolithic']['peak_bytes'])} MiB) "
+            f"-> {verdict(growth <= FLATNESS_TOLERANCE)}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512], help="volume edge lengths in voxels")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--block", type=int, default=128, help="block edge length in voxels")
+    parser.add_argument("--chunk", type=int, default=64, help="chunk edge length of the affinities in voxels")
+    parser.add_argument("--context", type=int, default=4, help="context around each block, in voxels")
+    parser.add_argument("--work-dir", type=Path, help="where volumes and runs go (default: a temporary directory)")
+    args = parser.parse_args()
+    if min(args.sizes) <= FIXED_COST_SIZE:
+        parser.error(f"sizes must be larger than {FIXED_COST_SIZE}, whose run measures the fixed cost")
+
+    print(
+        f"block {args.block}^3 voxels, context {args.context} voxels, affinity chunks {args.chunk}^3, scoring {SCORING_NAME}, thresholds {THRESHOLDS}, "
+        f"{os.cpu_count()} CPUs\naffinities: ground-truth boundary distance of the medulla volume (mirrored to size), "
+        f"exp(-d / {BOUNDARY_DECAY_VOXELS}) plus seeded noise (std {NOISE_STD}, smoothed {NOISE_SMOOTHING_VOXELS} voxel)\n"
+    )
+    root = args.work_dir or Path(tempfile.mkdtemp(prefix="postprocess_throughput_"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        runs = Runs(root, args)
+        fixed_seconds = {workers: runs.blockwise(FIXED_COST_SIZE, workers)["seconds"] for workers in args.workers}
+        runs.drop(FIXED_COST_SIZE)
+        print(TABLE_HEADER, flush=True)
+        rows = []
+        previous = dict.fromkeys(args.workers)
+        for size in sorted(args.sizes):
+            monolithic = runs.monolithic(size)
+            for workers in args.workers:
+                row = {"size": size, "workers": workers, "monolithic": monolithic, "blockwise": runs.blockwise(size, workers), "previous": previous[workers]}
+                print_row(row)
+                rows.append(row)
+                previous[workers] = row
+            runs.drop(size)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    print_targets(rows, fixed_seconds)
+
+
+if __name__ == "__main__":
+    main()
