@@ -51,21 +51,6 @@ class Contingency:
     def voxels(self) -> int:
         return int(self.counts.sum())
 
-    def save(self, path: str | os.PathLike) -> None:
-        """A worker's block table on disk, to be summed by whoever reduces the blocks."""
-        with open(path, "wb") as file:
-            np.savez(
-                file,
-                segment_ids=self.segment_ids,
-                ground_truth_ids=self.ground_truth_ids,
-                counts=self.counts,
-            )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Contingency:
-        with np.load(path) as stored:
-            return cls(stored["segment_ids"], stored["ground_truth_ids"], stored["counts"])
-
 
 def _count_pairs(segment_ids: np.ndarray, ground_truth_ids: np.ndarray, weights: np.ndarray | None) -> Contingency:
     """Sum ``weights`` (1 per entry if None) per distinct pair.

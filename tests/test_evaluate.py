@@ -128,12 +128,6 @@ def test_ids_using_all_64_bits_and_mixed_dtypes_are_exact():
     assert contingency(huge, truth).segment_ids.min() == 2**64 - 100
 
 
-def test_saved_table_loads_back_identical(tmp_path):
-    table = contingency(random_labels(10), random_labels(11))
-    table.save(tmp_path / "block.npz")
-    assert tables_equal(Contingency.load(tmp_path / "block.npz"), table)
-
-
 def test_all_background_is_an_error_not_a_perfect_score():
     with pytest.raises(ValueError, match="no ground-truth voxels"):
         evaluate(random_labels(12), np.zeros((12, 20, 24), dtype=np.uint64))

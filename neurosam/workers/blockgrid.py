@@ -37,6 +37,3 @@ class BlockGrid:
 
     def owner_index(self, fragment_ids: np.ndarray) -> np.ndarray:
         return (fragment_ids.astype(np.uint64) - 1) // np.uint64(self.voxels_per_block)
-
-    def block_count(self) -> int:
-        return int(np.prod(self.shape))
