@@ -248,7 +248,7 @@ def spread(values: list[float]) -> float:
     return max(values) / min(values) - 1
 
 
-def print_targets(rows: list[dict], fixed_seconds: dict[int, float]) -> None:
+def print_targets(rows: list[dict], fixed_seconds: dict[int, float], args: argparse.Namespace) -> None:
     largest, smallest = rows[-1]["size"], rows[0]["size"]
     print()
     print(
@@ -279,6 +279,11 @@ def print_targets(rows: list[dict], fixed_seconds: dict[int, float]) -> None:
             f"{mib(mine[0]['monolithic']['peak_bytes'])} -> {mib(mine[-1]['monolithic']['peak_bytes'])} MiB) "
             f"-> {verdict(growth <= FLATNESS_TOLERANCE)}"
         )
+        if len(peaks) > 2 and smallest <= args.block:
+            print(
+                f"  at {smallest}^3 a worker ran one block, which has no neighbour to read as context; "
+                f"from {mine[-2]['size']}^3 to {largest}^3 the peak changes {peaks[-1] / peaks[-2] - 1:+.0%}"
+            )
 
 
 def main() -> None:
@@ -318,7 +323,7 @@ def main() -> None:
     finally:
         if args.work_dir is None:
             shutil.rmtree(root, ignore_errors=True)
-    print_targets(rows, fixed_seconds)
+    print_targets(rows, fixed_seconds, args)
 
 
 if __name__ == "__main__":

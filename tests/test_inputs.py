@@ -89,11 +89,19 @@ def test_unwritable_database(tmp_path, inputs, capsys):
     assert code == 2 and "/proc/neurosam/rag.db" in error
 
 
-def test_existing_output_of_another_shape_is_left_untouched(tmp_path, inputs, capsys):
+@pytest.mark.parametrize(
+    "roi, chunk_voxels",
+    [
+        (Roi((0, 0, 0), (50, 100, 100)), None),
+        # the whole volume, but chunks of 20 voxels along x straddle its blocks of 10
+        (Roi((0, 0, 0), (100, 200, 400)), (5, 10, 20)),
+    ],
+    ids=["another shape", "chunks across blocks"],
+)
+def test_existing_output_that_does_not_fit_is_left_untouched(tmp_path, inputs, capsys, roi, chunk_voxels):
     path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0))
     fragments_path = yaml.safe_load(path.read_text())["datasets"]["fragments"]
-    roi = Roi((0, 0, 0), (50, 100, 100))
-    existing = create_array(fragments_path, roi, (10, 10, 10), np.uint64)
+    existing = create_array(fragments_path, roi, (10, 10, 10), np.uint64, chunk_voxels=chunk_voxels)
     existing[roi] = 7
     code, error = run_cli(path, capsys)
     assert code == 2 and "already exists" in error

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import waterz
+from funlib.geometry import Coordinate, Roi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -14,7 +15,8 @@ from neurosam.affinities import boundary_to_affinities
 from neurosam.config import RunConfig
 from neurosam.rag import open_rag
 from neurosam.workers.agglomerate import merge_scores, touching_pairs
-from neurosam.workers.fragments import relabel_local, watershed
+from neurosam.workers.fragments import fragment_nodes, relabel_local, watershed
+from neurosam.workers.labels import unique_inverse
 from neurosam.workers.segment import apply_lookup, find_segments, fragment_ids_path, lookup_path
 from pipeline_support import read_h5
 
@@ -28,6 +30,25 @@ def test_touching_pairs_finds_each_contact_once():
 def test_relabel_local_is_consecutive_and_drops_small_fragments():
     labels = np.array([[[7, 7, 7, 0, 9, 5, 5]]], dtype=np.uint64)
     np.testing.assert_array_equal(relabel_local(labels, min_size=2), [[[2, 2, 2, 0, 0, 1, 1]]])
+
+
+def test_fragment_nodes_are_the_centres_and_sizes_of_the_voxels():
+    local = np.random.default_rng(0).integers(1, 6, size=(4, 5, 6)).repeat(2, axis=2)
+    roi = Roi((100, 200, 300), (40, 50, 120))
+    ids, positions, sizes = fragment_nodes(local, 1000, roi, Coordinate(10, 10, 10))
+    coordinates = np.indices(local.shape).reshape(3, -1).T
+    for node_id, position, size in zip(ids, positions, sizes):
+        voxels = coordinates[local.ravel() == node_id - 1000]
+        assert size == len(voxels)
+        np.testing.assert_allclose(position, np.array(roi.offset) + (voxels.mean(axis=0) + 0.5) * 10)
+
+
+def test_unique_inverse_equals_numpy():
+    labels = np.random.default_rng(1).integers(0, 9, size=(3, 4, 7)).repeat(3, axis=1).astype(np.uint64)
+    ids, inverse = unique_inverse(labels)
+    expected_ids, expected_inverse = np.unique(labels, return_inverse=True)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(inverse, expected_inverse.reshape(labels.shape))
 
 
 def test_thresholding_merge_scores_reproduces_waterz():

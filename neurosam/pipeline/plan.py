@@ -19,6 +19,9 @@ from neurosam.workers.fragments import nearest_neighbour_channels
 from neurosam.workers.relabel import segmentation_path
 
 
+MAX_CHUNK_VOXELS = 64
+
+
 class InputError(ValueError):
     """Input that cannot run: the message says which and why."""
 
@@ -36,8 +39,10 @@ class RunPlan:
 
     @property
     def chunk_voxels(self) -> tuple[int, ...]:
-        """Output chunks equal blocks, so no two workers ever write the same chunk."""
-        return tuple(self.block_size / self.voxel_size)
+        """Output chunks tile every block, so no two workers ever write the same chunk; each is
+        the largest divisor of the block at most ``MAX_CHUNK_VOXELS`` along its axis, so a read
+        with context decodes little beyond the voxels it asked for."""
+        return tuple(max(d for d in range(1, min(b, MAX_CHUNK_VOXELS) + 1) if b % d == 0) for b in self.block_size / self.voxel_size)
 
 
 def _require_multiple(name: str, value: Coordinate, voxel_size: Coordinate) -> None:
@@ -60,16 +65,19 @@ def _check_input(path: str, role: str, dtypes: tuple, voxel_size: Coordinate, vo
         raise InputError(f"{role} {path}: its ROI {array.roi} does not cover the run's ROI {volume_roi}")
 
 
-def _check_output(path: str, role: str, voxel_size: Coordinate, volume_roi: Roi) -> None:
-    """An existing output is reused (that is how a run resumes) only if it is the same array."""
+def _check_output(path: str, role: str, voxel_size: Coordinate, volume_roi: Roi, block_size: Coordinate) -> None:
+    """An existing output is reused (that is how a run resumes) only if it is the same array,
+    chunked so that blocks never share a chunk."""
     if not dataset_exists(path):
         return
     array = open_array(path)
-    if array.dtype != np.uint64 or array.voxel_size != voxel_size or array.roi != volume_roi:
+    block_voxels = block_size / voxel_size
+    chunks_tile_blocks = all(b % c == 0 for b, c in zip(block_voxels, array._source_data.chunks))
+    if array.dtype != np.uint64 or array.voxel_size != voxel_size or array.roi != volume_roi or not chunks_tile_blocks:
         raise InputError(
-            f"{role} {path} already exists as {describe(array)}, which does not fit this run "
-            f"(uint64, voxel {tuple(voxel_size)} nm, ROI {volume_roi}); it is left untouched: "
-            "point the config at a new dataset or remove the old one"
+            f"{role} {path} already exists as {describe(array)}, chunks {array._source_data.chunks}, which does not fit "
+            f"this run (uint64, voxel {tuple(voxel_size)} nm, ROI {volume_roi}, chunks that divide the block of "
+            f"{tuple(block_voxels)} voxels); it is left untouched: point the config at a new dataset or remove the old one"
         )
 
 
@@ -104,9 +112,9 @@ def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
         _check_input(config.datasets.raw, "raw", (np.dtype(np.uint8),), voxel_size, volume_roi)
     if config.datasets.ground_truth is not None:
         _check_input(config.datasets.ground_truth, "ground truth", LABEL_DTYPES, voxel_size, volume_roi)
-    _check_output(config.datasets.fragments, "fragments", voxel_size, volume_roi)
+    _check_output(config.datasets.fragments, "fragments", voxel_size, volume_roi, block_size)
     for threshold in config.segment.thresholds:
-        _check_output(segmentation_path(config, threshold), "segmentation", voxel_size, volume_roi)
+        _check_output(segmentation_path(config, threshold), "segmentation", voxel_size, volume_roi, block_size)
 
     if check_database:
         with open_rag(config.rag.url) as rag:
@@ -115,9 +123,11 @@ def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
 
 
 def prepare_outputs(config: RunConfig, plan: RunPlan) -> None:
-    """Create the output arrays (empty, or reopened as they are when resuming)."""
+    """Create the missing output arrays; existing ones (a resumed run) were checked by
+    ``plan_run`` and are kept as they are."""
     config.work_dir.mkdir(parents=True, exist_ok=True)
     paths = [config.datasets.fragments] + [segmentation_path(config, t) for t in config.segment.thresholds]
     for path in paths:
-        create_array(path, plan.volume_roi, plan.voxel_size, np.uint64, chunk_voxels=plan.chunk_voxels)
+        if not dataset_exists(path):
+            create_array(path, plan.volume_roi, plan.voxel_size, np.uint64, chunk_voxels=plan.chunk_voxels)
 

@@ -46,8 +46,10 @@ class RagStore(ABC):
         """All node ids in ascending order, a page at a time (bounded memory)."""
 
     @abstractmethod
-    def iter_edges_below(self, scoring_function: str, threshold: float, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(u, v) pages of the edges whose score is strictly below ``threshold``."""
+    def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(u, v, score) pages of every edge ``scoring_function`` scored, in the order of the
+        backend's primary key: one pass serves every threshold, and writes keep no index up to
+        date beyond the key's."""
 
     @abstractmethod
     def count_nodes(self) -> int: ...

@@ -21,7 +21,7 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, roi_bounds, without_password
+from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, roi_bounds, without_password
 
 # pymongo waits 30 s for an unreachable server by default; a worker should fail sooner.
 FAST_FAIL_OPTIONS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
@@ -141,16 +141,16 @@ class MongoRag(RagStore):
             if len(page) < page_size:
                 return
 
-    def iter_edges_below(self, scoring_function: str, threshold: float, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Pages in the order of the documents' ``_id``, which every collection has indexed."""
         check_page_size(page_size)
-        below = {f"scores.{scoring_function}": {"$lt": float(threshold)}}
+        field = f"scores.{scoring_function}"
         last_key: dict = {}
         while True:
-            query = {**below, **last_key}
-            page = list(self.edges.find(query, {"u": 1, "v": 1}).sort("_id", 1).limit(page_size))
+            query = {field: {"$exists": True}, **last_key}
+            page = list(self.edges.find(query, {"u": 1, "v": 1, field: 1}).sort("_id", 1).limit(page_size))
             if page:
-                yield ids_from_db(d["u"] for d in page), ids_from_db(d["v"] for d in page)
+                yield edge_page([(d["u"], d["v"], d["scores"][scoring_function]) for d in page])
                 last_key = {"_id": {"$gt": page[-1]["_id"]}}
             if len(page) < page_size:
                 return

@@ -1,8 +1,8 @@
 """The RAG in an SQL database; SQLite and PostgreSQL share all of it but connecting and transactions.
 
 Edges are kept long, one row per (u, v, scoring function), because the scoring functions are only
-known at run time: a new one needs no schema change, and the index on (scoring, score, u, v)
-serves "edges below a threshold" for every one of them. Both databases speak the same dialect
+known at run time: a new one needs no schema change. Segment reads them in primary-key order,
+so no other index has to be kept up to date by every block's writes. Both databases speak the same dialect
 here (ON CONFLICT upserts, row-value comparisons); the statements are written with ``?``
 placeholders and a backend with another placeholder style converts them in ``_sql``.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from funlib.geometry import Roi
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, roi_bounds
+from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, roi_bounds
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS nodes ("
@@ -27,7 +27,6 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS edges ("
     " u BIGINT NOT NULL, v BIGINT NOT NULL, scoring TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,"
     " PRIMARY KEY (u, v, scoring))",
-    "CREATE INDEX IF NOT EXISTS edges_by_score ON edges (scoring, score, u, v)",
     "CREATE TABLE IF NOT EXISTS blocks_done (task TEXT NOT NULL, block_id BIGINT NOT NULL, PRIMARY KEY (task, block_id))",
 )
 
@@ -130,19 +129,16 @@ class SqlRag(RagStore):
             if len(rows) < page_size:
                 return
 
-    def iter_edges_below(self, scoring_function: str, threshold: float, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Pages in (score, u, v) order, which the index on (scoring, score, u, v) walks directly."""
+    def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Pages in (u, v) order, which the primary key (u, v, scoring) walks directly."""
         check_page_size(page_size)
-        last = (float("-inf"), -1, -1)
-        statement = (
-            "SELECT score, u, v FROM edges WHERE scoring = ? AND score < ? AND (score, u, v) > (?, ?, ?) "
-            "ORDER BY score, u, v LIMIT ?"
-        )
+        last = (-1, -1)
+        statement = "SELECT u, v, score FROM edges WHERE scoring = ? AND (u, v) > (?, ?) ORDER BY u, v LIMIT ?"
         while True:
-            rows = self._read(statement, (scoring_function, float(threshold), *last, page_size))
+            rows = self._read(statement, (scoring_function, *last, page_size))
             if rows:
-                yield ids_from_db(row[1] for row in rows), ids_from_db(row[2] for row in rows)
-                last = rows[-1]
+                yield edge_page(rows)
+                last = rows[-1][:2]
             if len(rows) < page_size:
                 return
 

@@ -44,7 +44,8 @@ def merge_scores(pairs: np.ndarray, merge_history: list[dict], region_graph: lis
 
     The merges form a tree: the labels are its leaves and merge k is node ``labels + k``, above
     the two regions it joined. The merge that first joined two labels is their lowest common
-    ancestor. Pairs never merged take the score of their regions' edge in the final region graph.
+    ancestor. Pairs never merged take the score of their regions' edge in the final region graph,
+    which waterz only needs to give when it stopped below 1: at 1, every edge left scores 1.
     """
     labels = 1 + max([int(pairs.max(initial=0))] + [max(merge["a"], merge["b"]) for merge in merge_history])
     node_of_region = list(range(labels))
@@ -103,18 +104,19 @@ def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) 
         return
 
     affinities = read_nearest_affinities(config, block.read_roi)
+    stopped_below_one = config.agglomerate.max_threshold < UNMERGED_SCORE
     scores = {}
     for name, scoring_function in config.agglomerate.scoring_functions.items():
-        _, merge_history, region_graph = next(
+        _, merge_history, *region_graph = next(
             waterz.agglomerate(
                 affinities,
                 [config.agglomerate.max_threshold],
                 fragments=local.copy(),
                 scoring_function=scoring_function,
                 return_merge_history=True,
-                return_region_graph=True,
+                return_region_graph=stopped_below_one,
             )
         )
-        scores[name] = merge_scores(pairs, merge_history, region_graph)
+        scores[name] = merge_scores(pairs, merge_history, region_graph[0] if region_graph else [])
     rag.write_edges(ids[pairs[:, 0]], ids[pairs[:, 1]], scores)
 

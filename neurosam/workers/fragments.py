@@ -17,6 +17,7 @@ from neurosam.rag import RagStore
 from neurosam.volumes import array_attrs
 from neurosam.workers.arrays import cached_array, read_roi
 from neurosam.workers.blockgrid import BlockGrid
+from neurosam.workers.labels import runs
 
 
 def nearest_neighbour_channels(offsets: list[list[int]]) -> list[int]:
@@ -53,14 +54,19 @@ def relabel_local(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def fragment_nodes(local: np.ndarray, first_id: int, roi: Roi, voxel_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, centres in nm, sizes) of the fragments of an array covering ``roi``, given with
-    local ids 1..n (``first_id + local`` is the fragment id)."""
-    flat = local.ravel().astype(np.intp)
-    sizes = np.bincount(flat)[1:]
-    coordinates = np.indices(local.shape).reshape(3, -1)
-    centres = np.stack([np.bincount(flat, weights=c)[1:] for c in coordinates], axis=1) / sizes[:, None]
+    local ids 1..n (``first_id + local`` is the fragment id).
+
+    Coordinates are summed a run of equal voxels along x at a time: a run's voxels share z and
+    y, and its x coordinates are consecutive, which sums in closed form."""
+    starts, lengths = runs(local)
+    labels = local.ravel()[starts].astype(np.intp)
+    z, y, x = np.unravel_index(starts, local.shape)
+    sizes = np.bincount(labels, weights=lengths)[1:]
+    sums = (z * lengths, y * lengths, x * lengths + lengths * (lengths - 1) / 2)
+    centres = np.stack([np.bincount(labels, weights=weights)[1:] for weights in sums], axis=1) / sizes[:, None]
     positions = np.asarray(roi.offset) + (centres + 0.5) * np.asarray(voxel_size)
     ids = np.arange(1, len(sizes) + 1, dtype=np.uint64) + np.uint64(first_id)
-    return ids, positions, sizes
+    return ids, positions, sizes.astype(np.int64)
 
 
 def extract_fragments(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:

@@ -5,12 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat index of the first voxel and length of every run of equal labels along the last
+    axis (a run never wraps into the next row)."""
+    change = np.empty(labels.shape, dtype=bool)
+    change[..., 0] = True
+    np.not_equal(labels[..., 1:], labels[..., :-1], out=change[..., 1:])
+    starts = np.flatnonzero(change)
+    return starts, np.diff(np.append(starts, labels.size))
+
+
 def unique_inverse(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(labels, return_inverse=True)`` with the inverse in the labels' shape. Labels
     come in runs of equal voxels, so only the first voxel of each run is sorted and looked up."""
-    flat = labels.ravel()
-    run_starts = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
-    run_values = flat[run_starts]
+    starts, lengths = runs(labels)
+    run_values = labels.ravel()[starts]
     ids = np.unique(run_values)
-    run_lengths = np.diff(np.append(run_starts, flat.size))
-    return ids, np.repeat(np.searchsorted(ids, run_values), run_lengths).reshape(labels.shape)
+    return ids, np.repeat(np.searchsorted(ids, run_values), lengths).reshape(labels.shape)

@@ -55,29 +55,34 @@ def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         roots = above
 
 
-def _components(rag: RagStore, ids: np.ndarray, scoring_function: str, threshold: float, page_size: int, parent: np.ndarray) -> None:
-    """Union-find, one page of edges at a time: the roots a page's edges connect are joined by
-    connected components of that page alone, each group under its smallest root. So every root
-    is the smallest node of its component, whatever order the edges come in."""
-    parent[:] = np.arange(len(ids), dtype=np.int64)
-    for u, v in rag.iter_edges_below(scoring_function, threshold, page_size):
-        ends = _roots(parent, np.searchsorted(ids, np.concatenate([u, v])))
-        roots, local = np.unique(ends, return_inverse=True)
-        graph = coo_matrix((np.ones(len(u)), (local[: len(u)], local[len(u) :])), shape=(len(roots), len(roots)))
-        _, component = connected_components(graph, directed=False)
-        _, smallest = np.unique(component, return_index=True)
-        parent[roots] = roots[smallest][component]
+def _join(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Union-find step for the edges between nodes ``a`` and ``b``: the roots they connect are
+    joined by connected components of these edges alone, each group under its smallest root. So
+    every root is the smallest node of its component, whatever order the edges come in."""
+    ends = _roots(parent, np.concatenate([a, b]))
+    roots, local = np.unique(ends, return_inverse=True)
+    graph = coo_matrix((np.ones(len(a)), (local[: len(a)], local[len(a) :])), shape=(len(roots), len(roots)))
+    _, component = connected_components(graph, directed=False)
+    _, smallest = np.unique(component, return_index=True)
+    parent[roots] = roots[smallest][component]
 
 
 def find_segments(config: RunConfig, rag: RagStore) -> None:
-    """Write one lookup table per threshold: segment id for each fragment, in fragment id order."""
+    """Write one lookup table per threshold: segment id for each fragment, in fragment id order.
+    One pass over the edges feeds the union-find forests of all thresholds."""
     directory = lookup_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     page_size = config.segment.edges_per_page
+    thresholds = config.segment.thresholds
     ids = _write_fragment_ids(rag, fragment_ids_path(config), page_size)
-    parent = np.lib.format.open_memmap(directory / "union_find.npy", mode="w+", dtype=np.int64, shape=(len(ids),))
-    for threshold in config.segment.thresholds:
-        _components(rag, ids, config.segment.scoring_function, threshold, page_size, parent)
+    forests = np.lib.format.open_memmap(directory / "union_find.npy", mode="w+", dtype=np.int64, shape=(len(thresholds), len(ids)))
+    forests[:] = np.arange(len(ids), dtype=np.int64)
+    for u, v, scores in rag.iter_edges(config.segment.scoring_function, page_size):
+        a, b = np.searchsorted(ids, u), np.searchsorted(ids, v)
+        for parent, threshold in zip(forests, thresholds):
+            below = scores < threshold
+            _join(parent, a[below], b[below])
+    for parent, threshold in zip(forests, thresholds):
         final = lookup_path(config, threshold)
         table = np.lib.format.open_memmap(final.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint64, shape=(len(ids),))
         for start in range(0, len(ids), page_size):
@@ -86,7 +91,7 @@ def find_segments(config: RunConfig, rag: RagStore) -> None:
         table.flush()
         del table
         final.with_suffix(".tmp.npy").replace(final)
-    del parent
+    del forests
     (directory / "union_find.npy").unlink()
 
 
