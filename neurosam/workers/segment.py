@@ -76,7 +76,8 @@ def find_segments(config: RunConfig, rag: RagStore) -> None:
     thresholds = config.segment.thresholds
     ids = _write_fragment_ids(rag, fragment_ids_path(config), page_size)
     forests = np.lib.format.open_memmap(directory / "union_find.npy", mode="w+", dtype=np.int64, shape=(len(thresholds), len(ids)))
-    forests[:] = np.arange(len(ids), dtype=np.int64)
+    for start in range(0, len(ids), page_size):
+        forests[:, start : start + page_size] = np.arange(start, min(start + page_size, len(ids)), dtype=np.int64)
     for u, v, scores in rag.iter_edges(config.segment.scoring_function, page_size):
         a, b = np.searchsorted(ids, u), np.searchsorted(ids, v)
         for parent, threshold in zip(forests, thresholds):
