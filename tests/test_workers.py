@@ -87,6 +87,7 @@ def _config(tmp_path: Path, url: str, edges_per_page: int, thresholds: list[floa
 
 @pytest.mark.parametrize("edges_per_page", [3, 1000])
 def test_segments_are_connected_components_named_by_smallest_fragment(tmp_path, edges_per_page):
+    """Every threshold from one pass over the edges; at 0.02 most pages of 3 have no edge below."""
     rng = np.random.default_rng(0)
     ids = np.sort(rng.choice(np.arange(1, 10_000), size=300, replace=False)).astype(np.uint64)
     u_index, v_index = rng.integers(0, 300, size=(2, 400))
@@ -94,20 +95,22 @@ def test_segments_are_connected_components_named_by_smallest_fragment(tmp_path, 
     u, v = ids[u_index[keep]], ids[v_index[keep]]
     scores = rng.random(len(u))
     url = f"sqlite:///{tmp_path / 'rag.db'}"
-    config = _config(tmp_path, url, edges_per_page, [0.4])
+    thresholds = [0.02, 0.4, 0.7]
+    config = _config(tmp_path, url, edges_per_page, thresholds)
     with open_rag(url) as rag:
         rag.write_nodes(ids, np.zeros((len(ids), 3)), np.ones(len(ids), dtype=np.uint64))
-        rag.write_edges(u, v, {"hist_quant_50": scores, "hist_quant_75": scores})
+        rag.write_edges(u, v, {"hist_quant_50": scores, "hist_quant_75": 1 - scores})
         find_segments(config, rag)
 
-    table = np.load(lookup_path(config, 0.4))
     np.testing.assert_array_equal(np.load(fragment_ids_path(config)), ids)
-    below = scores < 0.4
-    graph_matrix = coo_matrix((np.ones(below.sum()), (u_index[keep][below], v_index[keep][below])), shape=(300, 300))
-    _, components = connected_components(graph_matrix, directed=False)
-    for component in np.unique(components):
-        members = ids[components == component]
-        assert set(table[components == component].tolist()) == {int(members.min())}
+    for threshold in thresholds:
+        table = np.load(lookup_path(config, threshold))
+        below = scores < threshold
+        graph_matrix = coo_matrix((np.ones(below.sum()), (u_index[keep][below], v_index[keep][below])), shape=(300, 300))
+        _, components = connected_components(graph_matrix, directed=False)
+        for component in np.unique(components):
+            members = ids[components == component]
+            assert set(table[components == component].tolist()) == {int(members.min())}
 
 
 def test_apply_lookup_keeps_background_and_rejects_unknown_fragments():

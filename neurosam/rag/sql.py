@@ -1,10 +1,10 @@
 """The RAG in an SQL database; SQLite and PostgreSQL share all of it but connecting and transactions.
 
 Edges are kept long, one row per (u, v, scoring function), because the scoring functions are only
-known at run time: a new one needs no schema change. Segment reads them in primary-key order,
-so no other index has to be kept up to date by every block's writes. Both databases speak the same dialect
-here (ON CONFLICT upserts, row-value comparisons); the statements are written with ``?``
-placeholders and a backend with another placeholder style converts them in ``_sql``.
+known at run time: a new one needs no schema change. Segment reads them in primary-key order, so
+every block's writes keep no other index up to date. Both databases speak the same dialect here
+(ON CONFLICT upserts, row-value comparisons); the statements are written with ``?`` placeholders
+and a backend with another placeholder style converts them in ``_sql``.
 """
 
 from __future__ import annotations
