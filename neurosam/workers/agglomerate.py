@@ -107,7 +107,7 @@ def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) 
     stopped_below_one = config.agglomerate.max_threshold < UNMERGED_SCORE
     scores = {}
     for name, scoring_function in config.agglomerate.scoring_functions.items():
-        _, merge_history, *region_graph = next(
+        result = next(
             waterz.agglomerate(
                 affinities,
                 [config.agglomerate.max_threshold],
@@ -117,6 +117,7 @@ def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) 
                 return_region_graph=stopped_below_one,
             )
         )
-        scores[name] = merge_scores(pairs, merge_history, region_graph[0] if region_graph else [])
+        merge_history, region_graph = result[1], result[2] if stopped_below_one else []
+        scores[name] = merge_scores(pairs, merge_history, region_graph)
     rag.write_edges(ids[pairs[:, 0]], ids[pairs[:, 1]], scores)
 
