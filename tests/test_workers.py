@@ -14,7 +14,7 @@ from scipy.sparse.csgraph import connected_components
 from neurosam.affinities import boundary_to_affinities
 from neurosam.config import RunConfig
 from neurosam.rag import open_rag
-from neurosam.workers.agglomerate import merge_scores, touching_pairs
+from neurosam.workers.agglomerate import pair_scores, touching_pairs
 from neurosam.workers.fragments import fragment_nodes, relabel_local, watershed
 from neurosam.workers.labels import unique_inverse
 from neurosam.workers.segment import apply_lookup, find_segments, fragment_ids_path, lookup_path
@@ -51,18 +51,19 @@ def test_unique_inverse_equals_numpy():
     np.testing.assert_array_equal(inverse, expected_inverse.reshape(labels.shape))
 
 
-def test_thresholding_merge_scores_reproduces_waterz():
-    """Edges below t, joined into components, give waterz's own segmentation at t."""
+@pytest.mark.parametrize("max_threshold", [1.0, 0.65])
+def test_thresholding_merge_scores_reproduces_waterz(max_threshold):
+    """Edges below t, joined into components, give waterz's own segmentation at t, whether
+    waterz agglomerated up to 1 or stopped earlier and left the rest to its region graph."""
     boundary, _ = read_h5("gala_fib_train.h5", "boundary_prob", (slice(0, 20), slice(0, 60), slice(0, 60)))
     affinities = boundary_to_affinities(boundary)
     fragments = watershed(affinities, 0.0)
     pairs = touching_pairs(fragments)
     scoring = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
-    _, history, graph = next(
-        waterz.agglomerate(affinities, [1.0], fragments=fragments.copy(), scoring_function=scoring,
-                           return_merge_history=True, return_region_graph=True)
-    )
-    scores = merge_scores(pairs, history, graph)
+    scores = pair_scores(affinities, fragments, pairs, scoring, max_threshold)
+    if max_threshold < 1:
+        left_to_region_graph = scores[scores >= max_threshold]
+        assert ((left_to_region_graph > max_threshold) & (left_to_region_graph < 1)).any()
     for threshold in (0.3, 0.6):
         expected = next(waterz.agglomerate(affinities, [threshold], fragments=fragments.copy(), scoring_function=scoring))
         below = pairs[scores < threshold]

@@ -104,20 +104,27 @@ def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) 
         return
 
     affinities = read_nearest_affinities(config, block.read_roi)
-    stopped_below_one = config.agglomerate.max_threshold < UNMERGED_SCORE
-    scores = {}
-    for name, scoring_function in config.agglomerate.scoring_functions.items():
-        result = next(
-            waterz.agglomerate(
-                affinities,
-                [config.agglomerate.max_threshold],
-                fragments=local.copy(),
-                scoring_function=scoring_function,
-                return_merge_history=True,
-                return_region_graph=stopped_below_one,
-            )
-        )
-        merge_history, region_graph = result[1], result[2] if stopped_below_one else []
-        scores[name] = merge_scores(pairs, merge_history, region_graph)
+    scores = {
+        name: pair_scores(affinities, local, pairs, scoring_function, config.agglomerate.max_threshold)
+        for name, scoring_function in config.agglomerate.scoring_functions.items()
+    }
     rag.write_edges(ids[pairs[:, 0]], ids[pairs[:, 1]], scores)
+
+
+def pair_scores(affinities: np.ndarray, fragments: np.ndarray, pairs: np.ndarray, scoring_function: str, max_threshold: float) -> np.ndarray:
+    """The merge score of each pair of touching fragments, from one waterz agglomeration up to
+    ``max_threshold``."""
+    stopped_below_one = max_threshold < UNMERGED_SCORE
+    result = next(
+        waterz.agglomerate(
+            affinities,
+            [max_threshold],
+            fragments=fragments.copy(),
+            scoring_function=scoring_function,
+            return_merge_history=True,
+            return_region_graph=stopped_below_one,
+        )
+    )
+    merge_history, region_graph = result[1], result[2] if stopped_below_one else []
+    return merge_scores(pairs, merge_history, region_graph)
 
