@@ -21,10 +21,15 @@ from neurosam.workers.segment import apply_lookup, find_segments, fragment_ids_p
 from pipeline_support import read_h5
 
 
-def test_touching_pairs_finds_each_contact_once():
-    labels = np.zeros((1, 3, 4), dtype=np.uint64)
+@pytest.mark.parametrize("dtype", [np.uint64, np.int32])
+@pytest.mark.parametrize("first", [1, 100_000])
+def test_touching_pairs_finds_each_contact_once(dtype, first):
+    """Also for int32 ids whose pair codes need more than 32 bits."""
+    labels = np.zeros((1, 3, 4), dtype=dtype)
     labels[0] = [[1, 1, 2, 0], [3, 3, 2, 0], [3, 3, 0, 4]]
-    np.testing.assert_array_equal(touching_pairs(labels), [[1, 2], [1, 3], [2, 3]])
+    labels[labels > 0] += first - 1
+    expected = np.array([[1, 2], [1, 3], [2, 3]]) + first - 1
+    np.testing.assert_array_equal(touching_pairs(labels), expected)
 
 
 def test_relabel_local_is_consecutive_and_drops_small_fragments():

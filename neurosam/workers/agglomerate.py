@@ -25,15 +25,15 @@ UNMERGED_SCORE = 1.0
 def touching_pairs(labels: np.ndarray) -> np.ndarray:
     """Unique (u, v), u < v, of non-zero labels that touch along an axis: (N, 2), sorted.
 
-    Each pair is coded as the one number ``u * (max + 1) + v``, which sorts much faster than
+    Each pair is coded as the one int64 ``u * (max + 1) + v``, which sorts much faster than
     rows do; labels are a block's local ids, far too small for that to overflow."""
-    base = labels.max(initial=0) + 1
+    base = np.int64(labels.max(initial=0)) + 1
     codes = []
     for axis in range(labels.ndim):
         here = labels[(slice(None),) * axis + (slice(1, None),)]
         there = labels[(slice(None),) * axis + (slice(None, -1),)]
         touching = (here != there) & (here != 0) & (there != 0)
-        here, there = here[touching], there[touching]
+        here, there = here[touching].astype(np.int64), there[touching].astype(np.int64)
         codes.append(np.minimum(here, there) * base + np.maximum(here, there))
     codes = np.unique(np.concatenate(codes))
     return np.stack([codes // base, codes % base], axis=1)
@@ -93,9 +93,8 @@ def _below_common_ancestor(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> 
 def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
     fragments = read_roi(config.datasets.fragments, block.read_roi, fill_value=0)
     ids, local = unique_inverse(fragments)
-    local = local.astype(np.uint64)
     if ids[0] != 0:
-        local += np.uint64(1)
+        local += 1
         ids = np.concatenate([[0], ids])
     pairs = touching_pairs(local)
     owned = grid.owner_index(ids[pairs[:, 0]]) == grid.index(block.write_roi)
@@ -119,7 +118,7 @@ def pair_scores(affinities: np.ndarray, fragments: np.ndarray, pairs: np.ndarray
         waterz.agglomerate(
             affinities,
             [max_threshold],
-            fragments=fragments.copy(),
+            fragments=fragments.astype(np.uint64),
             scoring_function=scoring_function,
             return_merge_history=True,
             return_region_graph=stopped_below_one,

@@ -16,9 +16,12 @@ def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def unique_inverse(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(labels, return_inverse=True)`` with the inverse in the labels' shape. Labels
-    come in runs of equal voxels, so only the first voxel of each run is sorted and looked up."""
+    """``np.unique(labels, return_inverse=True)`` with the inverse in the labels' shape, as int32
+    where it fits (half the memory traffic of what follows). Labels come in runs of equal
+    voxels, so only the first voxel of each run is sorted and looked up."""
     starts, lengths = runs(labels)
     run_values = labels.ravel()[starts]
     ids = np.unique(run_values)
-    return ids, np.repeat(np.searchsorted(ids, run_values), lengths).reshape(labels.shape)
+    index_type = np.int32 if len(ids) <= np.iinfo(np.int32).max else np.int64
+    inverse = np.searchsorted(ids, run_values).astype(index_type)
+    return ids, np.repeat(inverse, lengths).reshape(labels.shape)
