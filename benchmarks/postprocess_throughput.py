@@ -49,7 +49,7 @@ from scipy import ndimage
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities, to_float
 from neurosam.config import AgglomerateConfig, SegmentConfig
-from neurosam.pipeline.plan import RunPlan
+from neurosam.pipeline.plan import output_chunk_voxels
 from neurosam.quiet import quiet_stdout
 from neurosam.volumes import create_array, open_array
 
@@ -224,7 +224,7 @@ class Runs:
 
     def monolithic(self, size: int) -> dict:
         block = Coordinate((self.args.block,) * 3) * self.voxel_size
-        output_chunk = RunPlan(Roi((0, 0, 0), block), self.voxel_size, block, Coordinate((0, 0, 0))).chunk_voxels
+        output_chunk = output_chunk_voxels(block, self.voxel_size)
         return in_child_process(run_monolithic, str(self.affinities(size)), str(self.root / f"size{size}" / "monolithic"), output_chunk)
 
     def blockwise(self, size: int, workers: int) -> dict:

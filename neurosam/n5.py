@@ -13,11 +13,14 @@ import os
 import zlib
 from itertools import product
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from funlib.persistence import Array
 
 from neurosam.volumes import SPATIAL_AXES, VolumeError
+
+if TYPE_CHECKING:
+    from funlib.persistence import Array
 
 N5_DTYPES = {
     "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64",
@@ -142,6 +145,8 @@ def _world_metadata(attrs: dict, spatial_dims: int, where: Path) -> tuple[list[i
 
 def open_n5(container: str | os.PathLike, dataset: str) -> Array:
     """Open ``container/dataset`` read-only; leading axes beyond z, y, x are channels."""
+    from funlib.persistence import Array
+
     path = Path(container) / dataset
     if not (path / "attributes.json").exists():
         raise VolumeError(f"{container}/{dataset}: no N5 dataset there (no attributes.json)")

@@ -3,18 +3,23 @@
 Every dataset is addressed by one string, ``container/dataset`` (``data.zarr/raw``), so a
 config names an array the same way everywhere. Arrays come back as funlib.persistence
 ``Array`` objects: index them with ROIs in nm, never with voxel slices.
+
+funlib.persistence is imported where an array is opened or created: it brings dask, xarray and
+pandas, over half a second that block workers, which never call these functions, do not pay.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import zarr
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import Array, open_ds, prepare_ds
+
+if TYPE_CHECKING:
+    from funlib.persistence import Array
 
 SPATIAL_AXES = ("z", "y", "x")
 UNITS = ("nm", "nm", "nm")
@@ -55,6 +60,8 @@ def open_array(path: str | os.PathLike, mode: str = "r") -> Array:
         from neurosam.n5 import open_n5
 
         return open_n5(container, dataset)
+    from funlib.persistence import open_ds
+
     return open_ds(str(Path(container) / dataset), mode=mode)
 
 
@@ -89,6 +96,8 @@ def create_array(
     container, dataset = split_dataset_path(path)
     if container.suffix == ".n5":
         raise VolumeError(f"{path}: N5 is read-only here; write outputs to a .zarr container")
+    from funlib.persistence import prepare_ds
+
     array = prepare_ds(
         str(Path(container) / dataset),
         shape=shape,

@@ -12,6 +12,7 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam.convert import ConvertError, TiffStack, convert
 from neurosam.volumes import VolumeError, open_array
+from neurosam.workers.arrays import StoredArray
 
 GALA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gala_fib_train.h5"
 
@@ -201,6 +202,8 @@ def test_n5_read_through_open_array(tmp_path, compression):
     np.testing.assert_array_equal(array[array.roi], data)
     part = Roi((80 + 3 * 40, 12 + 4 * 6, 8 + 5 * 4), (4 * 40, 7 * 6, 9 * 4))
     np.testing.assert_array_equal(array[part], data[3:7, 4:11, 5:14])
+    stored = StoredArray.of(str(tmp_path / "x.n5" / "volumes" / "ds"), array)
+    np.testing.assert_array_equal(stored.read(part), data[3:7, 4:11, 5:14])
 
 
 def test_n5_funlib_attributes_missing_blocks_and_channels(tmp_path):

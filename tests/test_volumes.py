@@ -10,6 +10,7 @@ from funlib.geometry import Roi
 
 from neurosam.cli import main
 from neurosam.volumes import VolumeError, create_array, dataset_exists, open_array, split_dataset_path
+from neurosam.workers.arrays import StoredArray
 from pipeline_support import SHARED_DATA, read_h5
 
 
@@ -27,6 +28,30 @@ def test_metadata_round_trip(tmp_path, zarr_format):
     assert reopened.roi == roi and tuple(reopened.voxel_size) == (4, 8, 8)
     assert reopened.axis_names == ["z", "y", "x"] and reopened.units == ["nm", "nm", "nm"]
     np.testing.assert_array_equal(reopened[Roi((48, 96, 120), (8, 16, 8))], data[2:4, 2:4, :1])
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_workers_read_and_write_what_funlib_sees(tmp_path, zarr_format):
+    """Block workers go to the storage directly, with the geometry the planner found."""
+    roi = Roi((40, 80, 120), (40, 160, 200))
+    path = tmp_path / "data.zarr" / "affs"
+    array = create_array(path, roi, (4, 8, 8), np.uint8, channels=2, chunk_voxels=(4, 8, 8), zarr_format=zarr_format)
+    array[roi] = np.random.default_rng(0).integers(1, 256, array.shape, dtype=np.uint8)
+    stored = StoredArray.of(str(path), open_array(path))
+    assert stored.channels == (2,)
+
+    inside = Roi((48, 96, 120), (8, 16, 40))
+    np.testing.assert_array_equal(stored.read(inside), array[inside])
+    overhanging = Roi((32, 64, 120), (16, 32, 16))
+    read = stored.read(overhanging, fill_value=0)
+    assert read.shape == (2, 4, 4, 2)
+    np.testing.assert_array_equal(read[:, 2:, 2:], array[overhanging.intersect(roi)])
+    assert (read[:, :2] == 0).all() and (read[:, :, :2] == 0).all()
+
+    stored.write(inside, np.full((2, 2, 2, 5), 7, np.uint8))
+    assert (open_array(path)[inside] == 7).all()
+    with pytest.raises(ValueError, match="outside the array's ROI"):
+        stored.write(overhanging, read)
 
 
 def test_reopening_keeps_what_is_written(tmp_path):

@@ -2,8 +2,8 @@
 record in the RAG that the block finished, by its index in the volume's block grid (the one-block
 stages cover the whole volume and are index 0).
 
-Every worker, local or on a SLURM node, gets the config file's path and rebuilds the same run
-from it; the opened config, database connection and block grid are kept for the process's life.
+Every worker, local or on a SLURM node, gets the config file's path and the run's plan; the
+opened config and database connection are kept for the process's life.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import functools
 
 from neurosam.config import RunConfig, load_config
-from neurosam.pipeline.plan import RunPlan, plan_run
+from neurosam.pipeline.plan import RunPlan
 from neurosam.rag import RagStore, open_rag
 from neurosam.workers.agglomerate import agglomerate_block
-from neurosam.workers.evaluation import evaluate_run
 from neurosam.workers.fragments import extract_fragments
 from neurosam.workers.relabel import relabel_block
 from neurosam.workers.segment import find_segments
@@ -27,23 +26,27 @@ def stage_of(task_id: str) -> str:
 
 
 @functools.cache
-def worker_context(config_path: str) -> tuple[RunConfig, RagStore, RunPlan]:
+def worker_context(config_path: str) -> tuple[RunConfig, RagStore]:
     config = load_config(config_path)
-    return config, open_rag(config.rag.url), plan_run(config, check_database=False)
+    return config, open_rag(config.rag.url)
 
 
-def run_block(config_path: str, task_id: str, block) -> None:
-    config, rag, plan = worker_context(config_path)
+def run_block(config_path: str, task_id: str, plan: RunPlan, block) -> None:
+    config, rag = worker_context(config_path)
     stage = stage_of(task_id)
     if stage == "fragments":
-        extract_fragments(config, rag, plan.grid, block)
+        extract_fragments(config, rag, plan, block)
     elif stage == "agglomerate":
-        agglomerate_block(config, rag, plan.grid, block)
+        agglomerate_block(config, rag, plan, block)
     elif stage == "segment":
         find_segments(config, rag)
     elif stage == "relabel":
-        relabel_block(config, block)
+        relabel_block(config, plan, block)
     elif stage == "evaluate":
+        # imported here: evaluation reads whole arrays through funlib.persistence, which the
+        # block stages' workers start without
+        from neurosam.workers.evaluation import evaluate_run
+
         evaluate_run(config, plan.volume_roi)
     else:
         raise ValueError(f"unknown task {task_id!r}; stages are {STAGES}")

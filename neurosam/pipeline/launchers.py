@@ -27,28 +27,33 @@ from pathlib import Path
 import daisy.v2 as daisy
 
 from neurosam.config import RunConfig
+from neurosam.pipeline.plan import RunPlan
 
 #: How often a SLURM launcher checks that its scheduler is still there: the longest a job can
 #: outlive an aborted run, against one connection per worker per period to the scheduler.
 SCHEDULER_CHECK_SECONDS = 5.0
 
 
-def make_process_function(config_path: str, config: RunConfig, task_name: str) -> Callable:
-    """The `process_function` of a daisy task: picklable, since daisy ships it to a subprocess."""
+def make_process_function(config_path: str, config: RunConfig, task_name: str, plan: RunPlan) -> Callable:
+    """The `process_function` of a daisy task: picklable, since daisy ships it to a subprocess.
+    A local worker gets the plan with it; a SLURM job plans again from the config."""
     config_path = str(Path(config_path).resolve())
     if config.workers.launcher == "slurm":
         command = [sys.executable, "-m", "neurosam.cli", "worker", config_path, "--task", task_name]
         return functools.partial(run_slurm_worker, command, f"neurosam-{task_name}", config)
     from neurosam.pipeline.blocks import run_block
 
-    return functools.partial(run_block, config_path, task_name)
+    return functools.partial(run_block, config_path, task_name, plan)
 
 
 def worker_main(config_path: str, task_name: str) -> None:
     """`neurosam worker`: the body of a SLURM job."""
+    from neurosam.config import load_config
     from neurosam.pipeline.blocks import run_block
+    from neurosam.pipeline.plan import plan_run
 
-    serve_blocks(functools.partial(run_block, config_path, task_name))
+    plan = plan_run(load_config(config_path), check_database=False)
+    serve_blocks(functools.partial(run_block, config_path, task_name, plan))
 
 
 def serve_blocks(process_block: Callable[[daisy.Block], None]) -> None:

@@ -14,6 +14,7 @@ from funlib.geometry import Coordinate, Roi
 from neurosam.config import RunConfig
 from neurosam.rag import open_rag
 from neurosam.volumes import array_attrs, create_array, dataset_exists, describe, open_array
+from neurosam.workers.arrays import StoredArray
 from neurosam.workers.blockgrid import BlockGrid
 from neurosam.workers.fragments import nearest_neighbour_channels
 from neurosam.workers.relabel import segmentation_path
@@ -28,21 +29,34 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class RunPlan:
+    """The run's geometry, worked out from the config and the datasets' metadata. Local workers
+    get it from the scheduler ready-made; SLURM jobs plan again from the same config."""
+
     volume_roi: Roi
     voxel_size: Coordinate
     block_size: Coordinate
     context: Coordinate
+    affinities: StoredArray
+    nearest_affinity_channels: tuple[int, ...]
 
     @property
     def grid(self) -> BlockGrid:
         return BlockGrid(self.volume_roi, self.block_size, self.voxel_size)
 
+    def output(self, path: str) -> StoredArray:
+        """Outputs cover the run's ROI: ``prepare_outputs`` creates them so, ``plan_run`` checks."""
+        return StoredArray(path, self.volume_roi, self.voxel_size)
+
     @property
     def chunk_voxels(self) -> tuple[int, ...]:
-        """Output chunks tile every block, so no two workers ever write the same chunk; each is
-        the largest divisor of the block at most ``MAX_CHUNK_VOXELS`` along its axis, so a read
-        with context decodes little beyond the voxels it asked for."""
-        return tuple(max(d for d in range(1, min(b, MAX_CHUNK_VOXELS) + 1) if b % d == 0) for b in self.block_size / self.voxel_size)
+        return output_chunk_voxels(self.block_size, self.voxel_size)
+
+
+def output_chunk_voxels(block_size: Coordinate, voxel_size: Coordinate) -> tuple[int, ...]:
+    """Output chunks tile every block, so no two workers ever write the same chunk; each is the
+    largest divisor of the block at most ``MAX_CHUNK_VOXELS`` along its axis, so a read with
+    context decodes little beyond the voxels it asked for."""
+    return tuple(max(d for d in range(1, min(b, MAX_CHUNK_VOXELS) + 1) if b % d == 0) for b in block_size / voxel_size)
 
 
 def _require_multiple(name: str, value: Coordinate, voxel_size: Coordinate) -> None:
@@ -91,7 +105,7 @@ def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
     if offsets is None:
         raise InputError(f"affinities {config.datasets.affinities}: no 'offsets' attribute naming the neighbourhood of each channel")
     try:
-        nearest_neighbour_channels(offsets)
+        nearest_channels = tuple(nearest_neighbour_channels(offsets))
     except ValueError as error:
         raise InputError(f"affinities {config.datasets.affinities}: {error}") from None
 
@@ -119,7 +133,8 @@ def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
     if check_database:
         with open_rag(config.rag.url) as rag:
             rag.check_writable()
-    return RunPlan(volume_roi, voxel_size, block_size, context)
+    stored_affinities = StoredArray.of(config.datasets.affinities, affinities)
+    return RunPlan(volume_roi, voxel_size, block_size, context, stored_affinities, nearest_channels)
 
 
 def prepare_outputs(config: RunConfig, plan: RunPlan) -> None:

@@ -102,7 +102,7 @@ def build_pipeline(
             total_roi=blocks.total_roi,
             read_roi=blocks.read_roi,
             write_roi=blocks.write_roi,
-            process_function=make_process_function(config_path, config, task_id),
+            process_function=make_process_function(config_path, config, task_id, plan),
             read_write_conflict=False,
             fit="shrink",
             max_workers=config.workers.count,

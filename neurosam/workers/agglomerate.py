@@ -9,15 +9,18 @@ and a resumed run writes the same scores as an uninterrupted one.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import waterz
 
 from neurosam.config import RunConfig
 from neurosam.rag import RagStore
-from neurosam.workers.arrays import read_roi
-from neurosam.workers.blockgrid import BlockGrid
 from neurosam.workers.fragments import read_nearest_affinities
 from neurosam.workers.labels import unique_inverse
+
+if TYPE_CHECKING:
+    from neurosam.pipeline.plan import RunPlan
 
 UNMERGED_SCORE = 1.0
 
@@ -90,19 +93,20 @@ def _below_common_ancestor(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> 
     return u, v
 
 
-def agglomerate_block(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
-    fragments = read_roi(config.datasets.fragments, block.read_roi, fill_value=0)
+def agglomerate_block(config: RunConfig, rag: RagStore, plan: RunPlan, block) -> None:
+    fragments = plan.output(config.datasets.fragments).read(block.read_roi, fill_value=0)
     ids, local = unique_inverse(fragments)
     if ids[0] != 0:
         local += 1
         ids = np.concatenate([[0], ids])
     pairs = touching_pairs(local)
+    grid = plan.grid
     owned = grid.owner_index(ids[pairs[:, 0]]) == grid.index(block.write_roi)
     pairs = pairs[owned]
     if len(pairs) == 0:
         return
 
-    affinities = read_nearest_affinities(config, block.read_roi)
+    affinities = read_nearest_affinities(plan, block.read_roi)
     scores = {
         name: pair_scores(affinities, local, pairs, scoring_function, config.agglomerate.max_threshold)
         for name, scoring_function in config.agglomerate.scoring_functions.items()

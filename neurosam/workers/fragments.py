@@ -7,6 +7,8 @@ fragment belong to exactly one block.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import waterz
 from funlib.geometry import Roi
@@ -14,10 +16,10 @@ from funlib.geometry import Roi
 from neurosam.affinities import NEAREST_OFFSETS, to_float
 from neurosam.config import RunConfig
 from neurosam.rag import RagStore
-from neurosam.volumes import array_attrs
-from neurosam.workers.arrays import cached_array, read_roi
-from neurosam.workers.blockgrid import BlockGrid
 from neurosam.workers.labels import runs
+
+if TYPE_CHECKING:
+    from neurosam.pipeline.plan import RunPlan
 
 
 def nearest_neighbour_channels(offsets: list[list[int]]) -> list[int]:
@@ -28,12 +30,10 @@ def nearest_neighbour_channels(offsets: list[list[int]]) -> list[int]:
         raise ValueError(f"affinity offsets {offsets} lack the nearest neighbours {NEAREST_OFFSETS}") from None
 
 
-def read_nearest_affinities(config: RunConfig, roi: Roi) -> np.ndarray:
+def read_nearest_affinities(plan: RunPlan, roi: Roi) -> np.ndarray:
     """Float (3, Z, Y, X) affinities of ``roi``; outside the volume they read as 0 (a boundary)."""
-    affinities = cached_array(config.datasets.affinities)
-    channels = nearest_neighbour_channels(array_attrs(affinities)["offsets"])
-    data = read_roi(config.datasets.affinities, roi, fill_value=0)
-    return np.ascontiguousarray(to_float(data[channels]))
+    data = plan.affinities.read(roi, fill_value=0)
+    return np.ascontiguousarray(to_float(data[list(plan.nearest_affinity_channels)]))
 
 
 def watershed(affinities: np.ndarray, epsilon_agglomerate: float) -> np.ndarray:
@@ -69,16 +69,16 @@ def fragment_nodes(local: np.ndarray, first_id: int, roi: Roi, voxel_size) -> tu
     return ids, positions, sizes.astype(np.int64)
 
 
-def extract_fragments(config: RunConfig, rag: RagStore, grid: BlockGrid, block) -> None:
+def extract_fragments(config: RunConfig, rag: RagStore, plan: RunPlan, block) -> None:
     write_roi = block.write_roi
-    affinities = read_nearest_affinities(config, block.read_roi)
+    affinities = read_nearest_affinities(plan, block.read_roi)
     labels = watershed(affinities, config.fragments.epsilon_agglomerate)
-    inner = (write_roi - block.read_roi.offset) / grid.voxel_size
+    inner = (write_roi - block.read_roi.offset) / plan.voxel_size
     local = relabel_local(labels[inner.to_slices()], config.fragments.min_size)
-    first_id = grid.first_id(write_roi)
+    first_id = plan.grid.first_id(write_roi)
     fragments = np.where(local > 0, local + np.uint64(first_id), np.uint64(0))
 
-    cached_array(config.datasets.fragments, mode="r+")[write_roi] = fragments
-    ids, positions, sizes = fragment_nodes(local, first_id, write_roi, grid.voxel_size)
+    plan.output(config.datasets.fragments).write(write_roi, fragments)
+    ids, positions, sizes = fragment_nodes(local, first_id, write_roi, plan.voxel_size)
     rag.delete_in_roi(write_roi)
     rag.write_nodes(ids, positions, sizes)
