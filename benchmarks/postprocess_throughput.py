@@ -31,6 +31,7 @@ per-voxel cost without it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import resource
 import shutil
@@ -156,11 +157,18 @@ def own_peak_bytes() -> int:
         return 1024 * next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 
 
+def import_before_timing() -> None:
+    """neurosam imports funlib.persistence (with dask, xarray and pandas) where it first opens an
+    array; neither run's time counts that import."""
+    importlib.import_module("funlib.persistence")
+
+
 def run_monolithic(affinities_path: str, output_dir: str, output_chunk: tuple[int, ...]) -> dict:
     """Runs in a child process: read all affinities, waterz, write each threshold's segmentation
     in chunks of the pipeline's outputs."""
     import sitecustomize  # the benchmark's hook, which times waterz
 
+    import_before_timing()
     start, start_cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
     affinities = open_array(affinities_path)
     data = np.ascontiguousarray(to_float(affinities[affinities.roi]))
@@ -185,6 +193,7 @@ def run_blockwise(config_path: str, peaks_dir: str) -> dict:
     from neurosam.pipeline.run import run_pipeline
 
     os.environ[PEAKS_DIR_VARIABLE] = peaks_dir
+    import_before_timing()
     start = time.perf_counter()
     with quiet_stdout():
         run_pipeline(config_path, echo_progress=False)
