@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 Vector3 = tuple[int, int, int]
+PositiveVector3 = tuple[PositiveInt, PositiveInt, PositiveInt]
+HIST_QUANT_50 = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
+HIST_QUANT_75 = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 75, ScoreValue, 256>>"
 
 
 class ConfigError(ValueError):
@@ -28,14 +31,7 @@ class StrictModel(BaseModel):
 
 class RoiSpec(StrictModel):
     offset: Vector3
-    shape: Vector3
-
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, shape: Vector3) -> Vector3:
-        if min(shape) <= 0:
-            raise ValueError(f"ROI shape must be positive, got {shape}")
-        return shape
+    shape: PositiveVector3
 
 
 class Datasets(StrictModel):
@@ -49,15 +45,8 @@ class Datasets(StrictModel):
 
 
 class BlockSpec(StrictModel):
-    block_size: Vector3
+    block_size: PositiveVector3
     context: Vector3 = (0, 0, 0)
-
-    @field_validator("block_size")
-    @classmethod
-    def _positive(cls, block_size: Vector3) -> Vector3:
-        if min(block_size) <= 0:
-            raise ValueError(f"block_size must be positive, got {block_size}")
-        return block_size
 
 
 class SlurmConfig(StrictModel):
@@ -90,8 +79,8 @@ class AgglomerateConfig(StrictModel):
 
     scoring_functions: dict[str, str] = Field(
         default_factory=lambda: {
-            "hist_quant_50": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>",
-            "hist_quant_75": "OneMinus<HistogramQuantileAffinity<RegionGraphType, 75, ScoreValue, 256>>",
+            "hist_quant_50": HIST_QUANT_50,
+            "hist_quant_75": HIST_QUANT_75,
         }
     )
     max_threshold: float = Field(1.0, gt=0.0, le=1.0)

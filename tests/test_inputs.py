@@ -76,6 +76,17 @@ def test_block_size_not_multiple_of_voxel_size(tmp_path, inputs, capsys):
     assert code == 2 and "blocks.block_size" in error and "multiple" in error
 
 
+@pytest.mark.parametrize("key, change", [
+    ("blocks.block_size.1", lambda c: c["blocks"].update(block_size=[50, 0, 100])),
+    ("roi.shape.0", lambda c: c.update(roi={"offset": [0, 0, 0], "shape": [0, 100, 100]})),
+])
+def test_sizes_that_are_not_positive_are_named(tmp_path, inputs, capsys, key, change):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0))
+    edit_config(path, change)
+    code, error = run_cli(path, capsys)
+    assert code == 2 and f"{key}: Input should be greater than 0" in error
+
+
 def test_unreachable_database(tmp_path, inputs, capsys):
     path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), rag={"url": "postgresql://neurosam@127.0.0.1:1/nowhere"})
     code, error = run_cli(path, capsys)

@@ -12,7 +12,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from neurosam.affinities import boundary_to_affinities
-from neurosam.config import RunConfig
+from neurosam.config import HIST_QUANT_50, RunConfig
 from neurosam.rag import open_rag
 from neurosam.workers.agglomerate import pair_scores, touching_pairs
 from neurosam.workers.fragments import fragment_nodes, relabel_local, watershed
@@ -64,7 +64,7 @@ def test_thresholding_merge_scores_reproduces_waterz(max_threshold):
     affinities = boundary_to_affinities(boundary)
     fragments = watershed(affinities, 0.0)
     pairs = touching_pairs(fragments)
-    scoring = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
+    scoring = HIST_QUANT_50
     scores = pair_scores(affinities, fragments, pairs, scoring, max_threshold)
     if max_threshold < 1:
         left_to_region_graph = scores[scores >= max_threshold]

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from neurosam.affinities import NEAREST_OFFSETS
-from neurosam.config import ConfigError, format_validation_error, load_yaml
+from neurosam.config import HIST_QUANT_50, ConfigError, Vector3, format_validation_error, load_yaml
 from neurosam.evaluate import evaluate
 from neurosam.model import build_model, load_model, save_checkpoint
 from neurosam.model.augment import AugmentConfig
@@ -33,8 +33,6 @@ from neurosam.quiet import quiet_stdout
 
 logger = logging.getLogger(__name__)
 
-Vector3 = tuple[int, int, int]
-HIST_QUANT_50 = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
 TRAINING_LOG = "training_log.csv"
 VALIDATION_LOG = "validation_log.csv"
 CURVES_PLOT = "training_curves.png"
