@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -336,3 +337,22 @@ def test_mongo_store_takes_a_client_it_does_not_close():
         rag.write_nodes(ids, positions, sizes)
     with MongoRag(url, client=client) as rag:
         assert rag.count_nodes() == 20
+
+
+def test_sqlite_retries_a_wal_switch_refused_at_once(monkeypatch):
+    """SQLite may refuse the switch without waiting on its busy timeout; opening retries."""
+    from neurosam.rag import sqlite as sqlite_rag
+
+    class RefusesTwice:
+        def __init__(self):
+            self.attempts = 0
+
+        def execute(self, statement):
+            self.attempts += 1
+            if self.attempts <= 2:
+                raise sqlite3.OperationalError("database is locked")
+
+    connection = RefusesTwice()
+    monkeypatch.setattr(sqlite_rag.time, "sleep", lambda seconds: None)
+    sqlite_rag._use_wal(connection)
+    assert connection.attempts == 3

@@ -8,6 +8,7 @@ when it upgrades a read lock (which the busy timeout cannot resolve).
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -29,7 +30,7 @@ class SqliteRag(SqlRag):
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        connection.execute("PRAGMA journal_mode = WAL")
+        _use_wal(connection)
         # Safe with WAL: a killed process loses nothing committed; only a power cut may lose the
         # last transactions, which the done markers then redo.
         connection.execute("PRAGMA synchronous = NORMAL")
@@ -45,3 +46,18 @@ class SqliteRag(SqlRag):
             cursor.execute("ROLLBACK")
             raise
         cursor.execute("COMMIT")
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Opening a WAL database while other processes open it at the same moment (workers starting
+    together) can answer "database is locked" at once, without waiting on the busy timeout (seen
+    in CI): so retry until the timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
