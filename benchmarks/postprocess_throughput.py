@@ -189,7 +189,7 @@ def run_monolithic(affinities_path: str, output_dir: str, output_chunk: tuple[in
 def run_blockwise(config_path: str, peaks_dir: str) -> dict:
     """Runs in a child process; its daisy workers record their peak memory and their CPU
     seconds in waterz in ``peaks_dir``."""
-    from neurosam.pipeline.blocks import stage_of
+    from neurosam.layout import load_plan, plan_path
     from neurosam.pipeline.run import run_pipeline
 
     os.environ[PEAKS_DIR_VARIABLE] = peaks_dir
@@ -198,11 +198,13 @@ def run_blockwise(config_path: str, peaks_dir: str) -> dict:
     with quiet_stdout():
         run_pipeline(config_path, echo_progress=False)
     seconds = time.perf_counter() - start
+    tasks = load_plan(str(plan_path(Path(config_path).parent))).tasks
     peaks: dict[str, int] = {}
     waterz_cpu_seconds = 0.0
     for record in Path(peaks_dir).iterdir():
         task, peak_kib, in_waterz = record.read_text().split()
-        peaks[stage_of(task)] = max(peaks.get(stage_of(task), 0), 1024 * int(peak_kib))
+        stage = tasks[task].stage
+        peaks[stage] = max(peaks.get(stage, 0), 1024 * int(peak_kib))
         waterz_cpu_seconds += float(in_waterz)
     return {"seconds": seconds, "cpu_seconds": cpu_seconds(resource.RUSAGE_CHILDREN), "waterz_cpu_seconds": waterz_cpu_seconds, "peaks": peaks}
 

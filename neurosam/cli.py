@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from neurosam.config import ConfigError
-from neurosam.pipeline.blocks import STAGES
+from neurosam.pipeline.stages import stage_names
 from neurosam.volumes import VolumeError
 
 
@@ -33,9 +33,9 @@ def _status(args) -> None:
 
 
 def _worker(args) -> None:
-    from neurosam.pipeline.launchers import worker_main
+    from neurosam.pipeline.worker import serve_task
 
-    worker_main(str(Path(args.config).resolve()), args.task)
+    serve_task(str(Path(args.plan).resolve()), args.task)
 
 
 def _demo(args) -> None:
@@ -58,7 +58,7 @@ def _convert(args) -> None:
 def _view(args) -> None:
     from neurosam.config import load_config
     from neurosam.view import render_overview
-    from neurosam.workers.relabel import segmentation_path
+    from neurosam.layout import segmentation_path
 
     config = load_config(args.config)
     if config.datasets.raw is None:
@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run every stage of a config (resumes where a run stopped)")
     run.add_argument("config")
-    run.add_argument("--until", choices=STAGES, help="stop after this stage")
+    run.add_argument("--until", choices=stage_names(), help="stop after this stage")
     run.set_defaults(handler=_run)
-    for stage in STAGES:
+    for stage in stage_names():
         command = commands.add_parser(stage, help=f"run the stages up to and including {stage}")
         command.add_argument("config")
         command.set_defaults(handler=_stage)
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     worker = commands.add_parser("worker", help="process blocks for a running scheduler (used by the SLURM launcher)")
-    worker.add_argument("config")
+    worker.add_argument("plan", help="the run's plan.json, written by the scheduler")
     worker.add_argument("--task", required=True)
     worker.set_defaults(handler=_worker)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
 
 Vector3 = tuple[int, int, int]
 PositiveVector3 = tuple[PositiveInt, PositiveInt, PositiveInt]
@@ -35,7 +35,8 @@ class RoiSpec(StrictModel):
 
 
 class Datasets(StrictModel):
-    """Where each array of the run lives, as ``container.zarr/dataset``."""
+    """Where each array of the run lives, as ``container.zarr/dataset``. With a ``predict``
+    section the affinities are written from the raw; without one they are an input."""
 
     raw: str | None = None
     affinities: str
@@ -58,15 +59,68 @@ class SlurmConfig(StrictModel):
     extra_args: list[str] = Field(default_factory=list)
 
 
+class StageWorkers(StrictModel):
+    """One stage's own worker count and SLURM resources; what is left out comes from ``workers``."""
+
+    count: int | None = Field(None, ge=1)
+    slurm: SlurmConfig | None = None
+
+
 class WorkersConfig(StrictModel):
     launcher: Literal["local", "slurm"] = "local"
     count: int = Field(2, ge=1)
     max_retries: int = Field(2, ge=0)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    stages: dict[str, StageWorkers] = Field(default_factory=dict)
+    """Per stage name, e.g. ``predict: {count: 4, slurm: {partition: gpu, gpus_per_worker: 1}}``."""
+
+    def count_for(self, stage: str) -> int:
+        own = self.stages.get(stage)
+        return own.count if own is not None and own.count is not None else self.count
+
+    def slurm_for(self, stage: str) -> SlurmConfig:
+        own = self.stages.get(stage)
+        return own.slurm if own is not None and own.slurm is not None else self.slurm
 
 
 class RagConfig(StrictModel):
     url: str = "sqlite:///rag.db"
+
+
+class PredictConfig(StrictModel):
+    """The network run block-wise over the raw. Tiles are laid on one grid anchored at the
+    volume's origin, so a block-wise prediction equals a prediction of the whole volume."""
+
+    checkpoint: Path
+    """A neurosam model checkpoint: it rebuilds the network from the file alone."""
+    block_size: PositiveVector3 | None = None
+    """nm; a multiple of the tile core. Default: ``blocks.block_size`` rounded up to one."""
+    tile_shape: PositiveVector3 = (48, 160, 160)
+    """Voxels the network sees at once; a multiple of the model's input multiple."""
+    tile_context: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] = (8, 16, 16)
+    """Voxels discarded on each side of a tile, where the network lacks context."""
+    tile_batch: int = Field(2, ge=1)
+    raw_range: tuple[float, float] = (0.0, 255.0)
+    """Raw intensities mapped linearly to the network's [0, 1]; as in training: 0..255."""
+    device: str = "auto"
+    """auto: CUDA where there is a GPU (bf16), else the CPU (fp32)."""
+    workers_per_gpu: int = Field(1, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
+    """torch threads of a CPU worker; default: this machine's cores divided among the workers."""
+    prefetch_blocks: int = Field(2, ge=1)
+    """Raw blocks read ahead of the network, in background threads."""
+
+    @model_validator(mode="after")
+    def _tile_has_core(self) -> "PredictConfig":
+        if any(t - 2 * c <= 0 for t, c in zip(self.tile_shape, self.tile_context)):
+            raise ValueError(f"tile_context {self.tile_context} leaves no core in tile_shape {self.tile_shape}")
+        if self.raw_range[1] <= self.raw_range[0]:
+            raise ValueError(f"raw_range {self.raw_range} must be (low, high) with low < high")
+        return self
+
+    @property
+    def tile_core(self) -> tuple[int, int, int]:
+        return tuple(t - 2 * c for t, c in zip(self.tile_shape, self.tile_context))
 
 
 class FragmentsConfig(StrictModel):
@@ -120,6 +174,7 @@ class RunConfig(StrictModel):
     blocks: BlockSpec
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
     rag: RagConfig = Field(default_factory=RagConfig)
+    predict: PredictConfig | None = None
     fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
     agglomerate: AgglomerateConfig = Field(default_factory=AgglomerateConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
@@ -160,6 +215,9 @@ def _resolve_relative(data: dict, base: Path) -> dict:
         data["work_dir"] = resolve(str(data["work_dir"]))
     if isinstance(data.get("datasets"), dict):
         data["datasets"] = {k: resolve(v) for k, v in data["datasets"].items()}
+    predict = data.get("predict")
+    if isinstance(predict, dict) and predict.get("checkpoint") is not None:
+        data["predict"] = {**predict, "checkpoint": resolve(str(predict["checkpoint"]))}
     rag = data.get("rag")
     if isinstance(rag, dict) and str(rag.get("url", "")).startswith("sqlite:///"):
         db_path = rag["url"][len("sqlite:///") :]

@@ -11,7 +11,7 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities
 from neurosam.volumes import create_array, open_array
-from neurosam.workers.relabel import segmentation_path
+from neurosam.layout import segmentation_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -18,7 +18,7 @@ import daisy.v2 as daisy
 from funlib.geometry import Roi
 
 from neurosam.config import RunConfig, load_config
-from neurosam.pipeline.launchers import cancel_submitted_jobs, run_slurm_worker, serve_blocks
+from neurosam.pipeline.launchers import cancel_submitted_jobs, run_slurm_worker
 
 TASK_NAME = "slurm-test"
 JOB_NAME = f"neurosam-{TASK_NAME}"
@@ -42,7 +42,7 @@ def make_task(config: RunConfig, out_dir: str, seconds: float) -> daisy.Task:
         total_roi=Roi((0, 0, 0), (20, 20, 20)),
         read_roi=block,
         write_roi=block,
-        process_function=functools.partial(run_slurm_worker, command, JOB_NAME, config),
+        process_function=functools.partial(run_slurm_worker, command, JOB_NAME, config.workers.slurm, config.work_dir),
         max_workers=2,
         max_retries=0,
         tracking_path=False,
@@ -54,12 +54,17 @@ def schedule(config: RunConfig, out_dir: str, seconds: float) -> bool:
     try:
         return daisy.run_blockwise(make_task(config, out_dir, seconds), progress=False)
     finally:
-        cancel_submitted_jobs(config)
+        cancel_submitted_jobs(config.work_dir)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "worker":
-        serve_blocks(functools.partial(record_block, sys.argv[2], float(sys.argv[3])))
+        client = daisy.Client()
+        while True:
+            with client.acquire_block() as block:
+                if block is None:
+                    break
+                record_block(sys.argv[2], float(sys.argv[3]), block)
     else:
         succeeded = schedule(load_config(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
         sys.exit(0 if succeeded else 1)

@@ -12,7 +12,7 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam.convert import ConvertError, TiffStack, convert
 from neurosam.volumes import VolumeError, open_array
-from neurosam.workers.arrays import StoredArray
+from neurosam.layout import StoredArray
 
 GALA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gala_fib_train.h5"
 

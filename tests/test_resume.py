@@ -14,7 +14,7 @@ import pytest
 
 from neurosam.config import load_config
 from neurosam.pipeline.run import run_pipeline
-from neurosam.pipeline.tasks import task_ids
+from neurosam.pipeline.plan import task_ids
 from neurosam.rag import open_rag
 from neurosam.volumes import open_array
 from pipeline_support import gala_inputs, write_config

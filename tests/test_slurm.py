@@ -73,7 +73,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def workers_busy(config_path: Path) -> bool:
     """Both workers hold a block: their jobs are connected to the scheduler."""
-    logs = slurm_log_dir(load_config(config_path)).glob(f"{slurm_blocks.JOB_NAME}-*.out")
+    logs = slurm_log_dir(load_config(config_path).work_dir).glob(f"{slurm_blocks.JOB_NAME}-*.out")
     return sum("started" in log.read_text() for log in logs) == 2
 
 
@@ -98,10 +98,10 @@ def test_every_block_runs_once_and_each_worker_logs(config_path: Path, tmp_path:
     assert len(jobs_by_block) == slurm_blocks.BLOCK_COUNT
     assert all(len(jobs) == 1 for jobs in jobs_by_block.values())
     for job_id in {jobs[0] for jobs in jobs_by_block.values()}:
-        log = slurm_log_dir(config) / f"{slurm_blocks.JOB_NAME}-{job_id}.out"
+        log = slurm_log_dir(config.work_dir) / f"{slurm_blocks.JOB_NAME}-{job_id}.out"
         logged = {line.split()[1] for line in log.read_text().splitlines() if line.endswith(" done")}
         assert logged == {name.split("-")[1] for name, jobs in jobs_by_block.items() if jobs == [job_id]}
-    assert not submitted_jobs_file(config).exists()
+    assert not submitted_jobs_file(config.work_dir).exists()
     assert queued_jobs() == []
 
 
@@ -114,9 +114,9 @@ def test_failed_job_fails_its_worker(config_path: Path) -> None:
         with pytest.raises(RuntimeError, match="exit code 3"):
             run_slurm_worker(command, "neurosam-failing", config, context=context)
 
-    submitted = submitted_jobs_file(config).read_text().split()
+    submitted = submitted_jobs_file(config.work_dir).read_text().split()
     assert len(submitted) == 1
-    assert (slurm_log_dir(config) / f"neurosam-failing-{submitted[0]}.out").exists()
+    assert (slurm_log_dir(config.work_dir) / f"neurosam-failing-{submitted[0]}.out").exists()
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_interrupted_run_leaves_no_job(config_path: Path, tmp_path: Path, whom: 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(scheduler.pid, signal.SIGKILL)
-        cancel_submitted_jobs(load_config(config_path))
+        cancel_submitted_jobs(load_config(config_path).work_dir)
 
 
 def test_jobs_of_a_killed_run_are_cancelled_by_the_next(config_path: Path, tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_jobs_of_a_killed_run_are_cancelled_by_the_next(config_path: Path, tmp_p
         scheduler.wait(timeout=10)
         assert queued_jobs("RUNNING") == running
     finally:
-        cancelled = cancel_submitted_jobs(config)
+        cancelled = cancel_submitted_jobs(config.work_dir)
     assert cancelled == running
     wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
 
@@ -173,6 +173,6 @@ def test_pipeline_on_slurm_equals_local(slurm_cluster, tmp_path: Path) -> None:
     np.testing.assert_array_equal(fragments[0][fragments[0].roi], fragments[1][fragments[1].roi])
     for threshold in run["segment"]["thresholds"]:
         np.testing.assert_array_equal(read_segmentation(local, threshold), read_segmentation(slurm, threshold))
-    job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_log_dir(slurm).glob("*.out")}
+    job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_log_dir(slurm.work_dir).glob("*.out")}
     assert job_logs == {f"neurosam-{task}" for task in summary["tasks"]}
     assert queued_jobs() == []

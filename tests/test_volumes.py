@@ -10,7 +10,7 @@ from funlib.geometry import Roi
 
 from neurosam.cli import main
 from neurosam.volumes import VolumeError, create_array, dataset_exists, open_array, split_dataset_path
-from neurosam.workers.arrays import StoredArray
+from neurosam.layout import StoredArray
 from pipeline_support import SHARED_DATA, read_h5
 
 

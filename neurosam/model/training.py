@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -69,6 +70,11 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(1, ge=1)
     iterations: int = Field(ge=1)
     lr: float = Field(1e-4, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """cosine: linear warm-up over ``warmup_iterations``, then a cosine decay to
+    ``min_lr_fraction`` of ``lr`` at the last iteration."""
+    warmup_iterations: int = Field(0, ge=0)
+    min_lr_fraction: float = Field(0.02, ge=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     loss: LossConfig = Field(default_factory=LossConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -87,6 +93,16 @@ class TrainConfig(BaseModel):
         if missing:
             raise ValueError(f"model.offsets lacks {missing}: validation segments with the nearest-neighbour affinities")
         return self
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The rate of a step, from the step alone: a resumed run continues the schedule exactly."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    if step <= config.warmup_iterations:
+        return config.lr * step / config.warmup_iterations
+    progress = (step - config.warmup_iterations) / max(1, config.iterations - config.warmup_iterations)
+    return config.lr * (config.min_lr_fraction + (1.0 - config.min_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -315,7 +331,7 @@ def train(config: TrainConfig) -> dict:
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),
     )
-    training_log = CsvLog(config.output_dir / TRAINING_LOG, ["step", "loss", *HEADS, "seconds"], start_step)
+    training_log = CsvLog(config.output_dir / TRAINING_LOG, ["step", "loss", *HEADS, "lr", "seconds"], start_step)
     validation_log = CsvLog(config.output_dir / VALIDATION_LOG, ["step", "threshold", *SCORE_KEYS], start_step)
 
     def checkpoint_state(step: int) -> dict:
@@ -332,8 +348,10 @@ def train(config: TrainConfig) -> dict:
     losses = {}
     started = time.monotonic()
     for step, batch in zip(range(start_step + 1, config.iterations + 1), batches):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
         losses = train_step(model, optimizer, scaler, batch, config.loss, device, amp)
-        training_log.append({"step": step, **losses, "seconds": round(time.monotonic() - started, 3)})
+        training_log.append({"step": step, **losses, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - started, 3)})
         if step % config.validation.every == 0 or step == config.iterations:
             affinities = predict_affinities(
                 model, validation_raw, tile_shape, config.validation.tile_context, device, amp, config.validation.tile_batch

@@ -26,66 +26,46 @@ from pathlib import Path
 
 import daisy.v2 as daisy
 
-from neurosam.config import RunConfig
-from neurosam.pipeline.plan import RunPlan
+from neurosam.config import SlurmConfig
+from neurosam.layout import RunPlan, TaskLayout
 
 #: How often a SLURM launcher checks that its scheduler is still there: the longest a job can
 #: outlive an aborted run, against one connection per worker per period to the scheduler.
 SCHEDULER_CHECK_SECONDS = 5.0
 
 
-def make_process_function(config_path: str, config: RunConfig, task_name: str, plan: RunPlan) -> Callable:
-    """The `process_function` of a daisy task: picklable, since daisy ships it to a subprocess.
-    A local worker gets the plan with it; a SLURM job plans again from the config."""
-    config_path = str(Path(config_path).resolve())
+def make_process_function(plan: RunPlan, plan_file: str, task: TaskLayout) -> Callable:
+    """The `process_function` of a daisy task: a worker function (no block argument) that runs
+    in its own process and serves blocks. Every worker, local or a SLURM job, is handed the same
+    thing: the plan file and its task id."""
+    config = plan.config
     if config.workers.launcher == "slurm":
-        command = [sys.executable, "-m", "neurosam.cli", "worker", config_path, "--task", task_name]
-        return functools.partial(run_slurm_worker, command, f"neurosam-{task_name}", config)
-    from neurosam.pipeline.blocks import run_block
+        command = [sys.executable, "-m", "neurosam.cli", "worker", plan_file, "--task", task.task_id]
+        return functools.partial(
+            run_slurm_worker, command, f"neurosam-{task.task_id}", config.workers.slurm_for(task.stage), config.work_dir
+        )
+    from neurosam.pipeline.worker import serve_task
 
-    return functools.partial(run_block, config_path, task_name, plan)
-
-
-def worker_main(config_path: str, task_name: str) -> None:
-    """`neurosam worker`: the body of a SLURM job."""
-    from neurosam.config import load_config
-    from neurosam.pipeline.blocks import run_block
-    from neurosam.pipeline.plan import plan_run
-
-    plan = plan_run(load_config(config_path), check_database=False)
-    serve_blocks(functools.partial(run_block, config_path, task_name, plan))
+    return functools.partial(serve_task, plan_file, task.task_id)
 
 
-def serve_blocks(process_block: Callable[[daisy.Block], None]) -> None:
-    """Pull blocks from the scheduler named in DAISY_CONTEXT until it has none left. A block
-    that raises is reported to the scheduler as failed (so it is retried elsewhere) and ends
-    this worker with the error."""
-    client = daisy.Client()
-    while True:
-        with client.acquire_block() as block:
-            if block is None:
-                return
-            process_block(block)
+def slurm_log_dir(work_dir: Path) -> Path:
+    return Path(work_dir) / "logs" / "slurm"
 
 
-def slurm_log_dir(config: RunConfig) -> Path:
-    return Path(config.work_dir) / "logs" / "slurm"
+def submitted_jobs_file(work_dir: Path) -> Path:
+    return Path(work_dir) / "slurm_jobs.txt"
 
 
-def submitted_jobs_file(config: RunConfig) -> Path:
-    return Path(config.work_dir) / "slurm_jobs.txt"
-
-
-def sbatch_command(command: list[str], job_name: str, config: RunConfig) -> list[str]:
+def sbatch_command(command: list[str], job_name: str, slurm: SlurmConfig, work_dir: Path) -> list[str]:
     """sbatch --wait: SLURM itself holds the job's exit code, so no accounting database is
     needed to tell a failed worker from a finished one."""
-    slurm = config.workers.slurm
     args = [
         "sbatch",
         "--parsable",
         "--wait",
         f"--job-name={job_name}",
-        f"--output={slurm_log_dir(config) / job_name}-%j.out",
+        f"--output={slurm_log_dir(work_dir) / job_name}-%j.out",
         f"--cpus-per-task={slurm.cpus_per_worker}",
         f"--mem={slurm.memory}",
         f"--time={slurm.time}",
@@ -98,14 +78,14 @@ def sbatch_command(command: list[str], job_name: str, config: RunConfig) -> list
     return args + list(slurm.extra_args) + ["--wrap", shlex.join(command)]
 
 
-def run_slurm_worker(command: list[str], job_name: str, config: RunConfig, *, context: daisy.Context) -> None:
+def run_slurm_worker(command: list[str], job_name: str, slurm: SlurmConfig, work_dir: Path, *, context: daisy.Context) -> None:
     """A daisy worker function: run `command` as one SLURM job that serves blocks to the
     scheduler in `context`, and fail as the job fails.
 
     A scheduler that refuses connections has ended its run (daisy.Client reads it the same
     way), and an aborted daisy run waits for its workers before it returns: so the job is
     cancelled then, rather than waited for."""
-    sbatch, job_id = _submit(command, job_name, config, context)
+    sbatch, job_id = _submit(command, job_name, slurm, work_dir, context)
     previous_sigterm_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         while not _exited_within(sbatch, SCHEDULER_CHECK_SECONDS):
@@ -118,15 +98,17 @@ def run_slurm_worker(command: list[str], job_name: str, config: RunConfig, *, co
             sbatch.wait()
         signal.signal(signal.SIGTERM, previous_sigterm_handler)
     if sbatch.returncode != 0:
-        log = slurm_log_dir(config) / f"{job_name}-{job_id}.out"
+        log = slurm_log_dir(work_dir) / f"{job_name}-{job_id}.out"
         raise RuntimeError(f"SLURM job {job_id} ({job_name}) failed with exit code {sbatch.returncode}; see {log}")
 
 
-def _submit(command: list[str], job_name: str, config: RunConfig, context: daisy.Context) -> tuple[subprocess.Popen, str]:
+def _submit(
+    command: list[str], job_name: str, slurm: SlurmConfig, work_dir: Path, context: daisy.Context
+) -> tuple[subprocess.Popen, str]:
     """Start `sbatch --wait` and record the job's id as soon as SLURM gives it."""
-    slurm_log_dir(config).mkdir(parents=True, exist_ok=True)
+    slurm_log_dir(work_dir).mkdir(parents=True, exist_ok=True)
     sbatch = subprocess.Popen(
-        sbatch_command(command, job_name, config),
+        sbatch_command(command, job_name, slurm, work_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "DAISY_CONTEXT": context.to_env()},
@@ -138,7 +120,7 @@ def _submit(command: list[str], job_name: str, config: RunConfig, context: daisy
     job_id = sbatch.stdout.readline().strip().split(";")[0]
     if not job_id:
         raise RuntimeError(f"sbatch could not submit {job_name}: {sbatch.communicate()[1].strip()}")
-    with open(submitted_jobs_file(config), "a") as jobs:
+    with open(submitted_jobs_file(work_dir), "a") as jobs:
         jobs.write(job_id + "\n")
     return sbatch, job_id
 
@@ -166,10 +148,10 @@ def _scheduler_is_up(context: daisy.Context) -> bool:
     return True
 
 
-def cancel_submitted_jobs(config: RunConfig) -> list[str]:
+def cancel_submitted_jobs(work_dir: Path) -> list[str]:
     """Cancel every job this run's launchers submitted, including those of an earlier run that
     was killed before it could; jobs that already ended are ignored. Returns the ids."""
-    jobs_file = submitted_jobs_file(config)
+    jobs_file = submitted_jobs_file(work_dir)
     if not jobs_file.exists():
         return []
     job_ids = sorted(set(jobs_file.read_text().split()))

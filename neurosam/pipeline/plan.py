@@ -1,55 +1,31 @@
-"""Check a run's inputs before any work starts, and work out the volume and block grid it covers.
+"""Check a run's inputs before any work starts, and work out its ``RunPlan``: the volume, the
+arrays, and every task's block layout.
 
-Everything here reads metadata only. A problem gets one error that names the dataset, key or
-database at fault, raised before a single block runs, so nothing already written is touched.
+Everything here reads metadata only (and, for predict, the checkpoint's header and weights). A
+problem gets one error that names the dataset, key, file or database at fault, raised before a
+single block runs, so nothing already written is touched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from neurosam.affinities import NEAREST_OFFSETS
 from neurosam.config import RunConfig
+from neurosam.layout import RunPlan, StoredArray, TaskLayout
+from neurosam.pipeline.stages import OutputArray, Stage, stages_for
 from neurosam.rag import open_rag
 from neurosam.volumes import array_attrs, create_array, dataset_exists, describe, open_array
-from neurosam.workers.arrays import StoredArray
-from neurosam.workers.blockgrid import BlockGrid
-from neurosam.workers.fragments import nearest_neighbour_channels
-from neurosam.workers.relabel import segmentation_path
-
 
 MAX_CHUNK_VOXELS = 64
+LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64", "int32", "int64"))
 
 
 class InputError(ValueError):
     """Input that cannot run: the message says which and why."""
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """The run's geometry, worked out from the config and the datasets' metadata. Local workers
-    get it from the scheduler ready-made; SLURM jobs plan again from the same config."""
-
-    volume_roi: Roi
-    voxel_size: Coordinate
-    block_size: Coordinate
-    context: Coordinate
-    affinities: StoredArray
-    nearest_affinity_channels: tuple[int, ...]
-
-    @property
-    def grid(self) -> BlockGrid:
-        return BlockGrid(self.volume_roi, self.block_size, self.voxel_size)
-
-    def output(self, path: str) -> StoredArray:
-        """Outputs cover the run's ROI: ``prepare_outputs`` creates them so, ``plan_run`` checks."""
-        return StoredArray(path, self.volume_roi, self.voxel_size)
-
-    @property
-    def chunk_voxels(self) -> tuple[int, ...]:
-        return output_chunk_voxels(self.block_size, self.voxel_size)
 
 
 def output_chunk_voxels(block_size: Coordinate, voxel_size: Coordinate) -> tuple[int, ...]:
@@ -59,90 +35,198 @@ def output_chunk_voxels(block_size: Coordinate, voxel_size: Coordinate) -> tuple
     return tuple(max(d for d in range(1, min(b, MAX_CHUNK_VOXELS) + 1) if b % d == 0) for b in block_size / voxel_size)
 
 
-def _require_multiple(name: str, value: Coordinate, voxel_size: Coordinate) -> None:
-    if value % voxel_size != Coordinate((0,) * len(voxel_size)):
-        raise InputError(f"{name} {tuple(value)} nm is not a multiple of the voxel size {tuple(voxel_size)} nm")
+def nearest_neighbour_channels(offsets: list[list[int]]) -> tuple[int, ...]:
+    """waterz reads the three nearest-neighbour affinities; find them among the stored offsets."""
+    try:
+        return tuple(offsets.index(offset) for offset in NEAREST_OFFSETS)
+    except ValueError:
+        raise ValueError(f"affinity offsets {offsets} lack the nearest neighbours {NEAREST_OFFSETS}") from None
 
 
-LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64", "int32", "int64"))
+def _require_multiple(name: str, value: Coordinate, unit: Coordinate, unit_name: str = "the voxel size") -> None:
+    if value % unit != Coordinate((0,) * len(unit)):
+        raise InputError(f"{name} {tuple(value)} nm is not a multiple of {unit_name} {tuple(unit)} nm")
 
 
-def _check_input(path: str, role: str, dtypes: tuple, voxel_size: Coordinate, volume_roi: Roi) -> None:
+def _check_input(path: str, role: str, dtypes: tuple, voxel_size: Coordinate, volume_roi: Roi, reference: str):
     array = open_array(path)
     if array.dtype not in dtypes:
         raise InputError(f"{role} {path}: dtype {array.dtype}, expected one of {[str(d) for d in dtypes]}")
     if array.voxel_size != voxel_size:
         raise InputError(
-            f"{role} {path}: voxel size {tuple(array.voxel_size)} nm does not match the affinities' {tuple(voxel_size)} nm"
+            f"{role} {path}: voxel size {tuple(array.voxel_size)} nm does not match the {reference}'s {tuple(voxel_size)} nm"
         )
     if not array.roi.contains(volume_roi):
         raise InputError(f"{role} {path}: its ROI {array.roi} does not cover the run's ROI {volume_roi}")
+    return array
 
 
-def _check_output(path: str, role: str, voxel_size: Coordinate, volume_roi: Roi, block_size: Coordinate) -> None:
-    """An existing output is reused (that is how a run resumes) only if it is the same array,
-    chunked so that blocks never share a chunk."""
-    if not dataset_exists(path):
-        return
-    array = open_array(path)
-    block_voxels = block_size / voxel_size
-    chunks_tile_blocks = all(b % c == 0 for b, c in zip(block_voxels, array._source_data.chunks))
-    if array.dtype != np.uint64 or array.voxel_size != voxel_size or array.roi != volume_roi or not chunks_tile_blocks:
+def _input_affinities(config: RunConfig):
+    """Affinities someone else predicted: the volume, voxel size and offsets come from them."""
+    path = config.datasets.affinities
+    affinities = open_array(path)
+    if affinities.dtype != np.uint8:
+        raise InputError(f"affinities {path}: dtype {affinities.dtype}, expected uint8 (0..255 = 0..1)")
+    if len(affinities.shape) != 4:
+        raise InputError(f"affinities {path}: expected (channels, z, y, x), got shape {affinities.shape}")
+    offsets = array_attrs(affinities).get("offsets")
+    if offsets is None:
+        raise InputError(f"affinities {path}: no 'offsets' attribute naming the neighbourhood of each channel")
+    return affinities.voxel_size, affinities.roi, [list(map(int, o)) for o in offsets], StoredArray.of(path, affinities)
+
+
+def _predicted_affinities(config: RunConfig):
+    """Affinities this run predicts from the raw with the configured checkpoint, which is read
+    here in full, so a missing, corrupt or mismatched file fails before any block."""
+    from neurosam.model import ModelCheckpointError, load_model
+
+    predict = config.predict
+    if config.datasets.raw is None:
+        raise InputError("predict needs datasets.raw: the raw volume the network reads")
+    raw = open_array(config.datasets.raw)
+    if raw.dtype != np.uint8 or len(raw.shape) != 3:
+        raise InputError(f"raw {config.datasets.raw}: {describe(raw)}, expected uint8 (z, y, x)")
+    try:
+        model, model_config, extra = load_model(predict.checkpoint)
+    except ModelCheckpointError as error:
+        raise InputError(f"predict.checkpoint: {error}") from None
+    trained_voxel_size = extra.get("voxel_size")
+    if trained_voxel_size is None:
+        raise InputError(f"predict.checkpoint {predict.checkpoint} records no voxel size it was trained for")
+    if Coordinate(trained_voxel_size) != raw.voxel_size:
         raise InputError(
-            f"{role} {path} already exists as {describe(array)}, chunks {array._source_data.chunks}, which does not fit "
-            f"this run (uint64, voxel {tuple(voxel_size)} nm, ROI {volume_roi}, chunks that divide the block of "
-            f"{tuple(block_voxels)} voxels); it is left untouched: point the config at a new dataset or remove the old one"
+            f"raw {config.datasets.raw} has voxels of {tuple(raw.voxel_size)} nm, but the model in "
+            f"{predict.checkpoint} was trained on {tuple(trained_voxel_size)} nm"
         )
+    if any(t % m for t, m in zip(predict.tile_shape, model.input_multiple)):
+        raise InputError(
+            f"predict.tile_shape {predict.tile_shape} is not a multiple of the model's input multiple {model.input_multiple}"
+        )
+    return raw.voxel_size, raw.roi, model_config.offsets
+
+
+def _volume_roi(config: RunConfig, source_roi: Roi, voxel_size: Coordinate, source: str) -> Roi:
+    if config.roi is None:
+        return source_roi
+    volume_roi = Roi(config.roi.offset, config.roi.shape)
+    _require_multiple("roi.offset", volume_roi.offset, voxel_size)
+    _require_multiple("roi.shape", volume_roi.shape, voxel_size)
+    if not source_roi.contains(volume_roi):
+        raise InputError(f"roi {volume_roi} lies outside the {source}' ROI {source_roi}")
+    return volume_roi
+
+
+def _predict_geometry(config: RunConfig, voxel_size: Coordinate, block_size: Coordinate) -> tuple[Coordinate, Coordinate]:
+    """Predict blocks are whole numbers of tile cores, so every block lays its tiles on the
+    volume-wide tile grid."""
+    core = Coordinate(config.predict.tile_core) * voxel_size
+    if config.predict.block_size is None:
+        predict_block = Coordinate(-(-b // c) * c for b, c in zip(block_size, core))
+    else:
+        predict_block = Coordinate(config.predict.block_size)
+        _require_multiple("predict.block_size", predict_block, core, "the tile core (tile_shape - 2 * tile_context)")
+    return predict_block, Coordinate(config.predict.tile_context) * voxel_size
+
+
+def task_ids(config: RunConfig) -> dict[str, str]:
+    """Stage name -> task id. A task's id carries a fingerprint of everything its output depends
+    on (its config sections, and its upstream task's fingerprint), so changing a parameter starts
+    that task and everything downstream afresh, while an unchanged rerun skips every finished block."""
+    ids, upstream = {}, ""
+    for stage in stages_for(config):
+        upstream = hashlib.sha256((upstream + config.fingerprint(*stage.sections)).encode()).hexdigest()[:10]
+        ids[stage.name] = f"{stage.name}-{upstream}"
+    return ids
+
+
+def _task_layout(stage: Stage, task_id: str, plan: RunPlan) -> TaskLayout:
+    total_roi, read_roi, write_roi = stage.layout(plan)
+    return TaskLayout(task_id, stage.name, stage.block_function, total_roi, read_roi, write_roi)
 
 
 def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
-    affinities = open_array(config.datasets.affinities)
-    if affinities.dtype != np.uint8:
-        raise InputError(f"affinities {config.datasets.affinities}: dtype {affinities.dtype}, expected uint8 (0..255 = 0..1)")
-    if len(affinities.shape) != 4:
-        raise InputError(f"affinities {config.datasets.affinities}: expected (channels, z, y, x), got shape {affinities.shape}")
-    offsets = array_attrs(affinities).get("offsets")
-    if offsets is None:
-        raise InputError(f"affinities {config.datasets.affinities}: no 'offsets' attribute naming the neighbourhood of each channel")
+    if config.predict is not None:
+        voxel_size, source_roi, offsets = _predicted_affinities(config)
+        source = "raw"
+    else:
+        voxel_size, source_roi, offsets, affinities = _input_affinities(config)
+        source = "affinities"
     try:
-        nearest_channels = tuple(nearest_neighbour_channels(offsets))
+        nearest_channels = nearest_neighbour_channels(offsets)
     except ValueError as error:
-        raise InputError(f"affinities {config.datasets.affinities}: {error}") from None
+        raise InputError(f"{source} {getattr(config.datasets, source)}: {error}") from None
+    volume_roi = _volume_roi(config, source_roi, voxel_size, source)
 
-    voxel_size = affinities.voxel_size
-    volume_roi = affinities.roi
-    if config.roi is not None:
-        volume_roi = Roi(config.roi.offset, config.roi.shape)
-        _require_multiple("roi.offset", volume_roi.offset, voxel_size)
-        _require_multiple("roi.shape", volume_roi.shape, voxel_size)
-        if not affinities.roi.contains(volume_roi):
-            raise InputError(f"roi {volume_roi} lies outside the affinities' ROI {affinities.roi}")
     block_size = Coordinate(config.blocks.block_size)
     context = Coordinate(config.blocks.context)
     _require_multiple("blocks.block_size", block_size, voxel_size)
     _require_multiple("blocks.context", context, voxel_size)
+    predict_block, predict_context = (None, None)
+    if config.predict is not None:
+        predict_block, predict_context = _predict_geometry(config, voxel_size, block_size)
+        affinities = StoredArray(config.datasets.affinities, volume_roi, voxel_size, (len(offsets),))
 
+    arrays = {"affinities": affinities}
     if config.datasets.raw is not None:
-        _check_input(config.datasets.raw, "raw", (np.dtype(np.uint8),), voxel_size, volume_roi)
+        raw = _check_input(config.datasets.raw, "raw", (np.dtype(np.uint8),), voxel_size, volume_roi, source)
+        arrays["raw"] = StoredArray.of(config.datasets.raw, raw)
     if config.datasets.ground_truth is not None:
-        _check_input(config.datasets.ground_truth, "ground truth", LABEL_DTYPES, voxel_size, volume_roi)
-    _check_output(config.datasets.fragments, "fragments", voxel_size, volume_roi, block_size)
-    for threshold in config.segment.thresholds:
-        _check_output(segmentation_path(config, threshold), "segmentation", voxel_size, volume_roi, block_size)
+        _check_input(config.datasets.ground_truth, "ground truth", LABEL_DTYPES, voxel_size, volume_roi, source)
+
+    plan = RunPlan(
+        config=config, volume_roi=volume_roi, voxel_size=voxel_size, block_size=block_size, context=context,
+        arrays=arrays, affinity_offsets=offsets, nearest_affinity_channels=nearest_channels,
+        predict_block_size=predict_block, predict_context=predict_context,
+    )
+    ids = task_ids(config)
+    for stage in stages_for(config):
+        plan.tasks[ids[stage.name]] = _task_layout(stage, ids[stage.name], plan)
+        for output in stage.outputs(plan):
+            _check_output(output, plan)
+            plan.arrays[output.role] = StoredArray(output.path, volume_roi, voxel_size, output.channels)
 
     if check_database:
         with open_rag(config.rag.url) as rag:
             rag.check_writable()
-    stored_affinities = StoredArray.of(config.datasets.affinities, affinities)
-    return RunPlan(volume_roi, voxel_size, block_size, context, stored_affinities, nearest_channels)
+    return plan
 
 
-def prepare_outputs(config: RunConfig, plan: RunPlan) -> None:
+def _check_output(output: OutputArray, plan: RunPlan) -> None:
+    """An existing output is reused (that is how a run resumes) only if it is the same array,
+    chunked so that blocks never share a chunk."""
+    if not dataset_exists(output.path):
+        return
+    array = open_array(output.path)
+    block_voxels = output.block_size / plan.voxel_size
+    chunks = array._source_data.chunks
+    spatial_chunks = chunks[len(output.channels):]
+    fits = (
+        array.dtype == output.dtype
+        and array.voxel_size == plan.voxel_size
+        and array.roi == plan.volume_roi
+        and tuple(array.shape[: len(output.channels)]) == output.channels
+        and len(spatial_chunks) == len(block_voxels)
+        and all(b % c == 0 for b, c in zip(block_voxels, spatial_chunks))
+    )
+    if not fits:
+        raise InputError(
+            f"{output.role} {output.path} already exists as {describe(array)}, chunks {chunks}, which does not fit "
+            f"this run ({np.dtype(output.dtype)}, voxel {tuple(plan.voxel_size)} nm, ROI {plan.volume_roi}, chunks that "
+            f"divide the block of {tuple(block_voxels)} voxels); it is left untouched: point the config at a new dataset "
+            f"or remove the old one"
+        )
+
+
+def prepare_outputs(plan: RunPlan) -> None:
     """Create the missing output arrays; existing ones (a resumed run) were checked by
     ``plan_run`` and are kept as they are."""
-    config.work_dir.mkdir(parents=True, exist_ok=True)
-    paths = [config.datasets.fragments] + [segmentation_path(config, t) for t in config.segment.thresholds]
-    for path in paths:
-        if not dataset_exists(path):
-            create_array(path, plan.volume_roi, plan.voxel_size, np.uint64, chunk_voxels=plan.chunk_voxels)
-
+    plan.work_dir.mkdir(parents=True, exist_ok=True)
+    for stage in stages_for(plan.config):
+        for output in stage.outputs(plan):
+            if not dataset_exists(output.path):
+                create_array(
+                    output.path, plan.volume_roi, plan.voxel_size, output.dtype,
+                    channels=output.channels[0] if output.channels else None,
+                    chunk_voxels=output_chunk_voxels(output.block_size, plan.voxel_size),
+                    attrs=output.attrs or None,
+                )

@@ -11,10 +11,12 @@ from pathlib import Path
 import daisy.v2 as daisy
 from daisy import logging as daisy_logging
 
-from neurosam.config import RunConfig, load_config
-from neurosam.pipeline.plan import RunPlan, plan_run, prepare_outputs
+from neurosam.config import load_config
+from neurosam.layout import RunPlan
+from neurosam.pipeline.plan import plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
-from neurosam.pipeline.tasks import build_pipeline, stage_blocks, stages_for, stages_until, task_ids
+from neurosam.pipeline.stages import stages_for
+from neurosam.pipeline.tasks import block_count, build_pipeline
 from neurosam.rag import open_rag
 
 logger = logging.getLogger(__name__)
@@ -22,6 +24,16 @@ logger = logging.getLogger(__name__)
 
 class RunFailed(RuntimeError):
     """Some blocks failed for good; the summary and the worker logs say which and why."""
+
+
+def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
+    """Task ids in pipeline order, up to and including the stage ``until`` (all by default)."""
+    names = [stage.name for stage in stages_for(plan.config)]
+    if until is not None and until not in names:
+        raise ValueError(f"no stage {until!r} in this run; stages are {names}")
+    stop = len(names) if until is None else names.index(until) + 1
+    by_stage = {task.stage: task_id for task_id, task in plan.tasks.items()}
+    return [by_stage[name] for name in names[:stop]]
 
 
 def run_pipeline(config_path: str | Path, until: str | None = None, echo_progress: bool = True) -> dict:
@@ -35,19 +47,19 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
 
     config_path = str(Path(config_path).resolve())
     config = load_config(config_path)
-    if until is not None and until not in stages_for(config):
-        raise ValueError(f"no stage {until!r} in this run; stages are {stages_for(config)}")
     plan = plan_run(config)
-    prepare_outputs(config, plan)
+    task_order = tasks_until(plan, until)
+    prepare_outputs(plan)
+    plan_file = str(plan.save())
     log_dir = config.work_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     daisy_logging.set_log_basedir(log_dir)
     daisy.set_tracking_basedir(config.work_dir / "tracking")
 
     with open_rag(config.rag.url) as rag:
-        done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_ids(config).values()}
-    pipeline = build_pipeline(config, config_path, plan, done_blocks, until)
-    cancel_submitted_jobs(config)
+        done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
+    pipeline = build_pipeline(plan, plan_file, done_blocks, task_order)
+    cancel_submitted_jobs(config.work_dir)
     # zarr decodes chunks in threads, and glibc gives each thread a malloc arena of its own where
     # freed block buffers pile up; with one arena they are reused, and a worker's peak memory
     # stops growing after its first blocks. Local workers and SLURM jobs inherit the variable.
@@ -58,14 +70,14 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
         if pipeline is not None:
             states = daisy.run_blockwise(
                 pipeline,
-                progress=ProgressLog(list(task_ids(config).values()), log_dir / "progress.log", echo=echo_progress),
+                progress=ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress),
                 return_states=True,
                 host="127.0.0.1" if config.workers.launcher == "local" else None,
                 summary=False,
             )
     finally:
-        cancel_submitted_jobs(config)
-    summary = _write_summary(config, config_path, plan, until, states, time.time() - started)
+        cancel_submitted_jobs(config.work_dir)
+    summary = _write_summary(plan, config_path, task_order, states, time.time() - started)
     failed = {task: s.last_worker_error for task, s in states.items() if s.completed_count < s.total_block_count}
     if failed:
         details = "\n".join(f"  {task}: {error}" for task, error in failed.items())
@@ -73,17 +85,16 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     return summary
 
 
-def _write_summary(config: RunConfig, config_path: str, plan: RunPlan, until: str | None, states, seconds: float) -> dict:
+def _write_summary(plan: RunPlan, config_path: str, task_order: list[str], states, seconds: float) -> dict:
     """Per task, daisy's counts; a task left out of the run as finished counts as all skipped."""
-    ids = task_ids(config)
     tasks = {}
-    for stage in stages_until(config, until):
-        state = states.get(ids[stage])
+    for task_id in task_order:
+        state = states.get(task_id)
         if state is None:
-            blocks = stage_blocks(stage, plan).block_count
-            tasks[ids[stage]] = {"blocks": blocks, "completed": blocks, "skipped_as_done": blocks, "failed": 0, "orphaned": 0}
+            blocks = block_count(plan.tasks[task_id])
+            tasks[task_id] = {"blocks": blocks, "completed": blocks, "skipped_as_done": blocks, "failed": 0, "orphaned": 0}
         else:
-            tasks[ids[stage]] = {
+            tasks[task_id] = {
                 "blocks": state.total_block_count,
                 "completed": state.completed_count,
                 "skipped_as_done": state.skipped_count,
@@ -91,22 +102,18 @@ def _write_summary(config: RunConfig, config_path: str, plan: RunPlan, until: st
                 "orphaned": state.orphaned_count,
             }
     summary = {"config": config_path, "seconds": round(seconds, 2), "tasks": tasks}
-    evaluation = config.work_dir / "evaluation.json"
+    evaluation = plan.work_dir / "evaluation.json"
     if evaluation.exists():
         summary["evaluation"] = json.loads(evaluation.read_text())
-    (config.work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (plan.work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def run_status(config_path: str | Path) -> list[tuple[str, int, int]]:
     """(task id, blocks done, blocks total) per stage, from the RAG's record of finished blocks."""
-    config = load_config(config_path)
-    plan = plan_run(config, check_database=False)
-    with open_rag(config.rag.url) as rag:
-        return [
-            (task_id, len(rag.done_blocks(task_id)), stage_blocks(stage, plan).block_count)
-            for stage, task_id in task_ids(config).items()
-        ]
+    plan = plan_run(load_config(config_path), check_database=False)
+    with open_rag(plan.config.rag.url) as rag:
+        return [(task_id, len(rag.done_blocks(task_id)), block_count(task)) for task_id, task in plan.tasks.items()]
 
 
 def format_summary(summary: dict) -> str:

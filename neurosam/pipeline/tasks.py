@@ -1,113 +1,72 @@
-"""The run as daisy tasks: which blocks each stage has, what each block reads, what it waits for.
+"""The run as daisy tasks, built from the plan's task layouts, with done blocks skipped.
 
-A task's id carries a fingerprint of everything its output depends on (its own config section,
-its inputs, and its upstream task's fingerprint). Done markers are kept per task id, so changing
-a parameter starts that task and everything downstream afresh, while an unchanged rerun skips
-every finished block.
+Done markers are kept per task id (see ``plan.task_ids``), so a changed parameter starts its
+task afresh. The RAG's record of finished blocks, by daisy block id, becomes daisy's
+``skip_mask``: one query per task at start, and it covers a run killed between a worker's
+record and daisy's own marker.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-
 import daisy.v2 as daisy
 import numpy as np
-from funlib.geometry import Coordinate, Roi
 
-from neurosam.config import RunConfig
-from neurosam.pipeline.blocks import STAGES
-from neurosam.pipeline.plan import RunPlan
-
-STAGE_SECTIONS = {
-    "fragments": ("datasets", "roi", "blocks", "rag", "fragments"),
-    "agglomerate": ("agglomerate",),
-    "segment": ("segment",),
-    "relabel": (),
-    "evaluate": ("evaluate",),
-}
+from neurosam.layout import RunPlan, TaskLayout
 
 
-@dataclass(frozen=True)
-class StageBlocks:
-    """One stage's block layout in nm: the ROI it tiles, and one block's read and write ROIs."""
-
-    total_roi: Roi
-    read_roi: Roi
-    write_roi: Roi
-
-    @property
-    def grid_shape(self) -> tuple[int, ...]:
-        shape = self.total_roi.shape - (self.read_roi.shape - self.write_roi.shape)
-        return tuple(-(-s // b) for s, b in zip(shape, self.write_roi.shape))
-
-    @property
-    def block_count(self) -> int:
-        return int(np.prod(self.grid_shape))
-
-    def skip_mask(self, done_blocks: set[int]) -> np.ndarray:
-        """daisy skips the blocks the RAG records as finished, even where a run was killed after
-        a worker recorded its block and before daisy wrote its own marker."""
-        mask = np.zeros(self.block_count, dtype=bool)
-        mask[sorted(done_blocks)] = True
-        return mask.reshape(self.grid_shape)
-
-
-def stages_for(config: RunConfig) -> list[str]:
-    """Evaluation runs only where there is ground truth to compare with."""
-    return [s for s in STAGES if s != "evaluate" or config.datasets.ground_truth is not None]
-
-
-def task_ids(config: RunConfig) -> dict[str, str]:
-    ids, upstream = {}, ""
-    for stage in stages_for(config):
-        upstream = hashlib.sha256((upstream + config.fingerprint(*STAGE_SECTIONS[stage])).encode()).hexdigest()[:10]
-        ids[stage] = f"{stage}-{upstream}"
+def block_ids(task: TaskLayout) -> np.ndarray:
+    """daisy's block id of every block of the task, by grid position: daisy numbers blocks
+    itself, and this asks it rather than repeating its numbering."""
+    graph = daisy.BlockwiseDependencyGraph(
+        task.task_id, task.read_roi, task.write_roi, False, "shrink", total_read_roi=task.total_roi
+    )
+    blocks = [block for block, _ in graph.enumerate_all_dependencies()]
+    origin = task.total_roi.offset + task.write_roi.offset
+    positions = np.array([(block.write_roi.offset - origin) / task.write_roi.shape for block in blocks])
+    ids = np.empty(tuple(positions.max(axis=0) + 1), dtype=np.int64)
+    ids[tuple(positions.T)] = [block.block_id[1] for block in blocks]
     return ids
 
 
-def stage_blocks(stage: str, plan: RunPlan) -> StageBlocks:
-    """fragments and agglomerate read a context around each block; segment and evaluate are one
-    block over the whole volume (they run after every block upstream of them)."""
-    if stage in ("segment", "evaluate"):
-        whole = Roi((0, 0, 0), plan.volume_roi.shape)
-        return StageBlocks(plan.volume_roi, whole, whole)
-    context = plan.context if stage in ("fragments", "agglomerate") else Coordinate((0, 0, 0))
-    read_roi = Roi((0, 0, 0), plan.block_size + context * 2)
-    return StageBlocks(plan.volume_roi.grow(context, context), read_roi, Roi(context, plan.block_size))
+def block_count(task: TaskLayout) -> int:
+    return int(np.prod(daisy_task(task, None, 1, 0).block_grid_shape))
 
 
-def stages_until(config: RunConfig, until: str | None) -> list[str]:
-    stages = stages_for(config)
-    return stages if until is None else stages[: stages.index(until) + 1]
+def skip_mask(task: TaskLayout, done_blocks: set[int]) -> np.ndarray:
+    shape = tuple(daisy_task(task, None, 1, 0).block_grid_shape)
+    if not done_blocks:
+        return np.zeros(shape, dtype=bool)
+    return np.isin(block_ids(task), sorted(done_blocks))
 
 
-def build_pipeline(
-    config: RunConfig, config_path: str, plan: RunPlan, done_blocks: dict[str, set[int]], until: str | None = None
-) -> daisy.Pipeline | None:
-    """The daisy pipeline of the stages with blocks left to do (None when there are none): a
+def daisy_task(task: TaskLayout, process_function, max_workers: int, max_retries: int, mask=None) -> daisy.Task:
+    return daisy.Task(
+        task.task_id,
+        total_roi=task.total_roi,
+        read_roi=task.read_roi,
+        write_roi=task.write_roi,
+        process_function=process_function,
+        read_write_conflict=False,
+        fit="shrink",
+        max_workers=max_workers,
+        max_retries=max_retries,
+        skip_mask=mask,
+    )
+
+
+def build_pipeline(plan: RunPlan, plan_file: str, done_blocks: dict[str, set[int]], task_order: list[str]) -> daisy.Pipeline | None:
+    """The daisy pipeline of the tasks with blocks left to do (None when there are none): a
     finished task is left out, as daisy would still start its workers only to skip every block."""
     from neurosam.pipeline.launchers import make_process_function
 
-    ids = task_ids(config)
+    workers = plan.config.workers
     pipeline = None
-    for stage in stages_until(config, until):
-        task_id = ids[stage]
-        blocks = stage_blocks(stage, plan)
-        skip_mask = blocks.skip_mask(done_blocks.get(task_id, set()))
-        if skip_mask.all():
+    for task_id in task_order:
+        task = plan.tasks[task_id]
+        mask = skip_mask(task, done_blocks.get(task_id, set()))
+        if mask.all():
             continue
-        task = daisy.Task(
-            task_id,
-            total_roi=blocks.total_roi,
-            read_roi=blocks.read_roi,
-            write_roi=blocks.write_roi,
-            process_function=make_process_function(config_path, config, task_id, plan),
-            read_write_conflict=False,
-            fit="shrink",
-            max_workers=config.workers.count,
-            max_retries=config.workers.max_retries,
-            skip_mask=skip_mask,
-        )
-        pipeline = daisy.Pipeline.from_task(task) if pipeline is None else pipeline + task
+        process_function = make_process_function(plan, plan_file, task)
+        daisy_view = daisy_task(task, process_function, workers.count_for(task.stage), workers.max_retries, mask)
+        pipeline = daisy.Pipeline.from_task(daisy_view) if pipeline is None else pipeline + daisy_view
     return pipeline

@@ -9,18 +9,14 @@ and a resumed run writes the same scores as an uninterrupted one.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
 
 import numpy as np
 import waterz
 
-from neurosam.config import RunConfig
-from neurosam.rag import RagStore
+from neurosam.layout import WorkerSetup
 from neurosam.workers.fragments import read_nearest_affinities
 from neurosam.workers.labels import unique_inverse
-
-if TYPE_CHECKING:
-    from neurosam.pipeline.plan import RunPlan
 
 UNMERGED_SCORE = 1.0
 
@@ -93,25 +89,30 @@ def _below_common_ancestor(parent: np.ndarray, u: np.ndarray, v: np.ndarray) -> 
     return u, v
 
 
-def agglomerate_block(config: RunConfig, rag: RagStore, plan: RunPlan, block) -> None:
-    fragments = plan.output(config.datasets.fragments).read(block.read_roi, fill_value=0)
+def agglomerate_block(setup: WorkerSetup, block) -> None:
+    plan, settings = setup.plan, setup.plan.config.agglomerate
+    fragments = plan.arrays["fragments"].read(block.read_roi, fill_value=0)
     ids, local = unique_inverse(fragments)
     if ids[0] != 0:
         local += 1
         ids = np.concatenate([[0], ids])
     pairs = touching_pairs(local)
-    grid = plan.grid
-    owned = grid.owner_index(ids[pairs[:, 0]]) == grid.index(block.write_roi)
+    owned = plan.owner_block(ids[pairs[:, 0]]) == block.block_id[1]
     pairs = pairs[owned]
     if len(pairs) == 0:
         return
 
     affinities = read_nearest_affinities(plan, block.read_roi)
     scores = {
-        name: pair_scores(affinities, local, pairs, scoring_function, config.agglomerate.max_threshold)
-        for name, scoring_function in config.agglomerate.scoring_functions.items()
+        name: pair_scores(affinities, local, pairs, scoring_function, settings.max_threshold)
+        for name, scoring_function in settings.scoring_functions.items()
     }
-    rag.write_edges(ids[pairs[:, 0]], ids[pairs[:, 1]], scores)
+    setup.rag.write_edges(ids[pairs[:, 0]], ids[pairs[:, 1]], scores)
+
+
+@contextmanager
+def agglomerate_blocks(setup: WorkerSetup):
+    yield lambda block: agglomerate_block(setup, block)
 
 
 def pair_scores(affinities: np.ndarray, fragments: np.ndarray, pairs: np.ndarray, scoring_function: str, max_threshold: float) -> np.ndarray:

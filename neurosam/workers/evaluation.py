@@ -6,12 +6,14 @@ loaded at once; the picture is one section of the raw with the best threshold's 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.config import RunConfig
 from neurosam.evaluate import evaluate_arrays, plot_scores_vs_threshold, plot_segmentation_slice, write_report
+from neurosam.layout import WorkerSetup, segmentation_path
 from neurosam.volumes import open_array
-from neurosam.workers.relabel import segmentation_path
 
 
 def middle_section(roi: Roi, voxel_size: Coordinate) -> Roi:
@@ -48,3 +50,9 @@ def evaluate_run(config: RunConfig, volume_roi: Roi) -> dict:
             title=f"threshold {best}: VOI {per_threshold[best]['voi']:.3f}",
         )
     return report
+
+
+@contextmanager
+def evaluate_blocks(setup: WorkerSetup):
+    """Evaluation reads whole arrays through funlib.persistence (imported here only), chunk by chunk."""
+    yield lambda block: evaluate_run(setup.plan.config, setup.plan.volume_roi)

@@ -7,32 +7,20 @@ fragment belong to exactly one block.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
 
 import numpy as np
 import waterz
 from funlib.geometry import Roi
 
-from neurosam.affinities import NEAREST_OFFSETS, to_float
-from neurosam.config import RunConfig
-from neurosam.rag import RagStore
+from neurosam.affinities import to_float
+from neurosam.layout import RunPlan, WorkerSetup
 from neurosam.workers.labels import runs
-
-if TYPE_CHECKING:
-    from neurosam.pipeline.plan import RunPlan
-
-
-def nearest_neighbour_channels(offsets: list[list[int]]) -> list[int]:
-    """waterz reads the three nearest-neighbour affinities; find them among the stored offsets."""
-    try:
-        return [offsets.index(offset) for offset in NEAREST_OFFSETS]
-    except ValueError:
-        raise ValueError(f"affinity offsets {offsets} lack the nearest neighbours {NEAREST_OFFSETS}") from None
 
 
 def read_nearest_affinities(plan: RunPlan, roi: Roi) -> np.ndarray:
     """Float (3, Z, Y, X) affinities of ``roi``; outside the volume they read as 0 (a boundary)."""
-    data = plan.affinities.read(roi, fill_value=0)
+    data = plan.arrays["affinities"].read(roi, fill_value=0)
     return np.ascontiguousarray(to_float(data[list(plan.nearest_affinity_channels)]))
 
 
@@ -69,16 +57,23 @@ def fragment_nodes(local: np.ndarray, first_id: int, roi: Roi, voxel_size) -> tu
     return ids, positions, sizes.astype(np.int64)
 
 
-def extract_fragments(config: RunConfig, rag: RagStore, plan: RunPlan, block) -> None:
+def extract_fragments(setup: WorkerSetup, block) -> None:
+    plan, rag = setup.plan, setup.rag
+    settings = plan.config.fragments
     write_roi = block.write_roi
     affinities = read_nearest_affinities(plan, block.read_roi)
-    labels = watershed(affinities, config.fragments.epsilon_agglomerate)
+    labels = watershed(affinities, settings.epsilon_agglomerate)
     inner = (write_roi - block.read_roi.offset) / plan.voxel_size
-    local = relabel_local(labels[inner.to_slices()], config.fragments.min_size)
-    first_id = plan.grid.first_id(write_roi)
+    local = relabel_local(labels[inner.to_slices()], settings.min_size)
+    first_id = plan.first_fragment_id(block.block_id[1])
     fragments = np.where(local > 0, local + np.uint64(first_id), np.uint64(0))
 
-    plan.output(config.datasets.fragments).write(write_roi, fragments)
+    plan.arrays["fragments"].write(write_roi, fragments)
     ids, positions, sizes = fragment_nodes(local, first_id, write_roi, plan.voxel_size)
     rag.delete_in_roi(write_roi)
     rag.write_nodes(ids, positions, sizes)
+
+
+@contextmanager
+def fragments_blocks(setup: WorkerSetup):
+    yield lambda block: extract_fragments(setup, block)

@@ -8,6 +8,7 @@ and do not depend on the order edges arrive in.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,20 +16,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from neurosam.config import RunConfig
+from neurosam.layout import WorkerSetup, fragment_ids_path, lookup_dir, lookup_path
 from neurosam.rag import RagStore
 from neurosam.workers.labels import unique_inverse
-
-
-def lookup_dir(config: RunConfig) -> Path:
-    return config.work_dir / "lookup" / config.segment.scoring_function
-
-
-def fragment_ids_path(config: RunConfig) -> Path:
-    return lookup_dir(config) / "fragment_ids.npy"
-
-
-def lookup_path(config: RunConfig, threshold: float) -> Path:
-    return lookup_dir(config) / f"threshold_{threshold:.4f}.npy"
 
 
 def _write_fragment_ids(rag: RagStore, path: Path, page_size: int) -> np.ndarray:
@@ -94,6 +84,11 @@ def find_segments(config: RunConfig, rag: RagStore) -> None:
         final.with_suffix(".tmp.npy").replace(final)
     del forests
     (directory / "union_find.npy").unlink()
+
+
+@contextmanager
+def segment_blocks(setup: WorkerSetup):
+    yield lambda block: find_segments(setup.plan.config, setup.rag)
 
 
 def apply_lookup(fragments: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
