@@ -107,8 +107,8 @@ class PredictConfig(StrictModel):
     workers_per_gpu: int = Field(1, ge=1)
     threads_per_worker: int | None = Field(None, ge=1)
     """torch threads of a CPU worker; default: this machine's cores divided among the workers."""
-    prefetch_blocks: int = Field(2, ge=1)
-    """Raw blocks read ahead of the network, in background threads."""
+    read_ahead: int = Field(2, ge=1)
+    """Rows of tiles (along z) whose raw is read ahead of the network, in background threads."""
 
     @model_validator(mode="after")
     def _tile_has_core(self) -> "PredictConfig":

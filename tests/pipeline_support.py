@@ -1,4 +1,5 @@
-"""Building blocks for pipeline tests: real volumes from ../shared/data written as a run's inputs."""
+"""Building blocks for pipeline tests: the real volumes kept in the repository (data/ and the
+package's data/), written as a run's inputs."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_
 from neurosam.volumes import create_array, open_array
 from neurosam.layout import segmentation_path
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIRS = (REPO / "data", REPO / "neurosam" / "data")
+
+
+def data_file(name: str) -> Path:
+    return next(directory / name for directory in DATA_DIRS if (directory / name).exists())
 
 
 def read_h5(name: str, dataset: str, crop: tuple[slice, ...] = ()) -> tuple[np.ndarray, Coordinate]:
-    with h5py.File(SHARED_DATA / name, "r") as volume:
+    with h5py.File(data_file(name), "r") as volume:
         return volume[dataset][crop], Coordinate(volume[dataset].attrs["resolution"])
 
 
@@ -42,7 +48,7 @@ def gala_inputs(directory: Path) -> dict:
 
 
 def medulla_gt_inputs(directory: Path) -> dict:
-    labels, voxel_size = read_h5("medulla_fibsem_train.h5", "neuron_ids")
+    labels, voxel_size = read_h5("medulla_fibsem.h5", "neuron_ids")
     affinities, _ = labels_to_affinities(labels, NEAREST_OFFSETS)
     return write_inputs(directory, affinities, labels, voxel_size)
 

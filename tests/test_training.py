@@ -17,12 +17,12 @@ from neurosam.config import ConfigError
 from neurosam.model import build_model
 from neurosam.model.config import ModelConfig
 from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range
+from neurosam.model.inference import predict_volume
 from neurosam.model.losses import LossConfig, affinity_loss, balanced_bce, class_balance_weights, dice_loss
 from neurosam.model.training import (
     TRAINING_LOG,
     VALIDATION_LOG,
     load_train_config,
-    predict_affinities,
     segment_and_score,
     train_from_config,
     train_step,
@@ -30,7 +30,7 @@ from neurosam.model.training import (
 from neurosam.volumes import VolumeError, create_array
 
 REPO = Path(__file__).resolve().parents[1]
-MEDULLA = REPO.parent / "shared" / "data" / "medulla_fibsem_train.h5"
+MEDULLA = REPO / "data" / "medulla_fibsem.h5"
 CPU = torch.device("cpu")
 TINY_UNET = {
     "architecture": "unet",
@@ -325,7 +325,7 @@ class Echo(torch.nn.Module):
 @pytest.mark.parametrize("tile_batch", [1, 3])
 def test_tiled_prediction_assembles_the_whole_volume(tile_batch):
     raw = np.random.default_rng(0).random((7, 23, 19), dtype=np.float32)
-    affinities = predict_affinities(Echo(), raw, (4, 8, 8), (1, 2, 2), CPU, amp=False, tile_batch=tile_batch)
+    affinities = predict_volume(Echo(), raw, (4, 8, 8), (1, 2, 2), CPU, tile_batch=tile_batch)
     assert affinities.shape == (3, 7, 23, 19)
     np.testing.assert_allclose(affinities[0], 1 / (1 + np.exp(-raw)), rtol=1e-6)
     np.testing.assert_allclose(affinities[1], 1 / (1 + np.exp(-2 * raw)), rtol=1e-6)

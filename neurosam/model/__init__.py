@@ -22,7 +22,10 @@ from neurosam.model.unet3d import MalaEncoder, UNet3d
 
 CHECKPOINT_FORMAT = "neurosam-model/1"
 
-__all__ = ["ModelConfig", "ModelCheckpointError", "build_model", "save_checkpoint", "load_model"]
+__all__ = ["ModelConfig", "ModelCheckpointError", "build_model", "save_checkpoint", "load_model", "export_model"]
+
+EXPORTED_KEYS = ("voxel_size", "step", "best", "training")
+"""What a shipped checkpoint keeps of its training state: no optimizer, so it stays small."""
 
 
 class ModelCheckpointError(ValueError):
@@ -66,12 +69,30 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, 
     path = Path(path)
     if not path.is_file():
         raise ModelCheckpointError(f"model checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise ModelCheckpointError(f"{path} cannot be read as a checkpoint (truncated or corrupt?): {error}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ModelCheckpointError(f"{path} is not a neurosam model checkpoint ({CHECKPOINT_FORMAT})")
-    config = ModelConfig.model_validate(checkpoint["model_config"])
-    model = build_model(config, load_sam2_weights=False)
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        config = ModelConfig.model_validate(checkpoint["model_config"])
+        model = build_model(config, load_sam2_weights=False)
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelCheckpointError(f"{path}: its weights do not fit the model it describes: {first_line}") from None
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model, config, checkpoint["extra"]
+
+
+def export_model(source: str | Path, destination: str | Path, **extra) -> dict:
+    """A checkpoint to ship or predict with: the weights and config of ``source``, the voxel size
+    it was trained for and its scores, without the optimizer state; ``extra`` adds to what is
+    kept (e.g. the voxel size, for a checkpoint written before training recorded it)."""
+    model, config, state = load_model(source)
+    kept = {key: state[key] for key in EXPORTED_KEYS if key in state}
+    kept.update(extra)
+    save_checkpoint(destination, model, config, extra=kept)
+    return kept

@@ -28,7 +28,8 @@ from neurosam.evaluate import evaluate
 from neurosam.model import build_model, load_model, save_checkpoint
 from neurosam.model.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
-from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range
+from neurosam.model.inference import predict_volume
+from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range, open_dataset
 from neurosam.model.losses import HEADS, LossConfig, affinity_loss
 from neurosam.quiet import quiet_stdout
 
@@ -158,48 +159,6 @@ def train_step(
     return {"loss": loss.item(), **{head: value.item() for head, value in parts.items()}}
 
 
-@torch.no_grad()
-def predict_affinities(
-    model: torch.nn.Module,
-    raw: np.ndarray,
-    tile_shape: Vector3,
-    tile_context: Vector3,
-    device: torch.device,
-    amp: bool,
-    tile_batch: int = 1,
-) -> np.ndarray:
-    """Affinities in [0, 1] (C, Z, Y, X) of the refined head over a whole volume (Z, Y, X).
-
-    Tiles overlap by twice the context and keep only their cores; the volume is padded by
-    reflection so that every tile has full input. ``tile_batch`` tiles go through the model
-    at once, which keeps a GPU (and CPU convolutions) busier than single tiles.
-    """
-    tile, context = np.array(tile_shape), np.array(tile_context)
-    core = tile - 2 * context
-    if (core <= 0).any():
-        raise ConfigError(f"validation tile_context {tuple(context)} leaves no core in tile_shape {tuple(tile)}")
-    counts = -(-np.array(raw.shape) // core)
-    padding = [(c, n * k - s + c) for c, n, k, s in zip(context, counts, core, raw.shape)]
-    padded = torch.from_numpy(np.pad(raw, padding, mode="reflect"))
-    starts = [np.array(index) * core for index in np.ndindex(*counts)]
-    inner = (slice(None), *(slice(c, c + k) for c, k in zip(context, core)))
-    result = None
-    was_training = model.training
-    model.eval()
-    for first in range(0, len(starts), tile_batch):
-        batch_starts = starts[first : first + tile_batch]
-        tiles = [padded[tuple(slice(a, a + t) for a, t in zip(start, tile))] for start in batch_starts]
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-            logits = model(torch.stack(tiles)[:, None].to(device))["refined"]
-        probabilities = torch.sigmoid(logits.float()).cpu().numpy()
-        if result is None:
-            result = np.zeros((probabilities.shape[1], *(counts * core)), dtype=np.float32)
-        for start, tile_probabilities in zip(batch_starts, probabilities):
-            result[(slice(None), *(slice(a, a + k) for a, k in zip(start, core)))] = tile_probabilities[inner]
-    model.train(was_training)
-    return result[(slice(None), *(slice(0, s) for s in raw.shape))]
-
-
 def segment_and_score(
     affinities: np.ndarray,
     offsets: list[list[int]],
@@ -318,6 +277,8 @@ def train(config: TrainConfig) -> dict:
         restore_rng_states(state["rng"])
         start_step, best = state["step"], state["best"]
 
+    with open_dataset(config.data.raw) as (_, voxel_size, _):
+        voxel_size = [int(v) for v in voxel_size]
     train_raw, train_labels = load_range(config.data, config.data.train_z)
     validation_raw, validation_labels = load_range(config.data, config.data.validation_z)
     sampler = PatchSampler(
@@ -341,6 +302,7 @@ def train(config: TrainConfig) -> dict:
             "rng": rng_states(),
             "step": step,
             "best": best,
+            "voxel_size": voxel_size,
             "train_config": config.model_dump(mode="json"),
         }
 
@@ -353,8 +315,9 @@ def train(config: TrainConfig) -> dict:
         losses = train_step(model, optimizer, scaler, batch, config.loss, device, amp)
         training_log.append({"step": step, **losses, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - started, 3)})
         if step % config.validation.every == 0 or step == config.iterations:
-            affinities = predict_affinities(
-                model, validation_raw, tile_shape, config.validation.tile_context, device, amp, config.validation.tile_batch
+            affinities = predict_volume(
+                model, validation_raw, tile_shape, config.validation.tile_context, device,
+                torch.float16 if amp else None, config.validation.tile_batch,
             )
             scores = best_threshold(
                 segment_and_score(

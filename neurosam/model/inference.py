@@ -1,0 +1,93 @@
+"""Prediction with a trained network: affinities of a volume, tile by tile.
+
+One tiling serves validation during training and the pipeline's predict stage. Tiles lie on a
+grid of cores (``tile_shape - 2 * tile_context``) anchored at the input's first voxel; each tile
+keeps only its core, where the network saw enough context. A block of the pipeline that starts
+on that grid and is read with mirrored borders therefore gets exactly the values a prediction of
+the whole volume gives.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def tile_counts(shape: Sequence[int], core: Sequence[int]) -> np.ndarray:
+    return -(-np.asarray(shape) // np.asarray(core))
+
+
+def tile_core(tile_shape: Sequence[int], tile_context: Sequence[int]) -> np.ndarray:
+    core = np.asarray(tile_shape) - 2 * np.asarray(tile_context)
+    if (core <= 0).any():
+        raise ValueError(f"tile_context {tuple(tile_context)} leaves no core in tile_shape {tuple(tile_shape)}")
+    return core
+
+
+def normalise(raw: np.ndarray, raw_range: tuple[float, float] = (0.0, 255.0)) -> np.ndarray:
+    """Raw intensities to the network's input range: ``raw_range`` maps linearly to [0, 1]."""
+    low, high = raw_range
+    return ((raw.astype(np.float32) - low) / (high - low)).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_tiles(
+    model: torch.nn.Module,
+    padded: np.ndarray,
+    tile_shape: Sequence[int],
+    tile_context: Sequence[int],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    tile_batch: int = 1,
+) -> np.ndarray:
+    """Affinities in [0, 1] (C, *counts * core) of the refined head, from an input (Z, Y, X) that
+    already holds ``tile_context`` voxels around a whole number of cores on each axis.
+
+    ``tile_batch`` tiles go through the model at once, which keeps a GPU (and CPU convolutions)
+    busier than single tiles; ``autocast_dtype`` (bfloat16 or float16) runs it in mixed precision.
+    """
+    tile, context = np.asarray(tile_shape), np.asarray(tile_context)
+    core = tile_core(tile, context)
+    counts, remainder = np.divmod(np.asarray(padded.shape) - 2 * context, core)
+    if remainder.any() or (counts <= 0).any():
+        raise ValueError(f"input {padded.shape} is not {tuple(context)} of context around whole tile cores {tuple(core)}")
+    source = torch.from_numpy(np.ascontiguousarray(padded, dtype=np.float32))
+    starts = [np.array(index) * core for index in np.ndindex(*counts)]
+    inner = (slice(None), *(slice(c, c + k) for c, k in zip(context, core)))
+    result = None
+    was_training = model.training
+    model.eval()
+    for first in range(0, len(starts), tile_batch):
+        batch_starts = starts[first : first + tile_batch]
+        tiles = torch.stack([source[tuple(slice(a, a + t) for a, t in zip(start, tile))] for start in batch_starts])
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = model(tiles[:, None].to(device))["refined"]
+        probabilities = torch.sigmoid(logits.float()).cpu().numpy()
+        if result is None:
+            result = np.empty((probabilities.shape[1], *(counts * core)), dtype=np.float32)
+        for start, tile_probabilities in zip(batch_starts, probabilities):
+            result[(slice(None), *(slice(a, a + k) for a, k in zip(start, core)))] = tile_probabilities[inner]
+    model.train(was_training)
+    return result
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    raw: np.ndarray,
+    tile_shape: Sequence[int],
+    tile_context: Sequence[int],
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    tile_batch: int = 1,
+) -> np.ndarray:
+    """Affinities in [0, 1] (C, Z, Y, X) of a whole volume (Z, Y, X, float in [0, 1]), padded
+    by reflection so that every voxel gets a prediction with full context."""
+    context = np.asarray(tile_context)
+    counts = tile_counts(raw.shape, tile_core(tile_shape, context))
+    core = tile_core(tile_shape, context)
+    padding = [(c, n * k - s + c) for c, n, k, s in zip(context, counts, core, raw.shape)]
+    padded = np.pad(raw, padding, mode="reflect")
+    result = predict_tiles(model, padded, tile_shape, context, device, autocast_dtype, tile_batch)
+    return result[(slice(None), *(slice(0, s) for s in raw.shape))]

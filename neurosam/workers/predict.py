@@ -1,0 +1,135 @@
+"""Predict: the network's affinities for each block of raw, written as uint8 with their offsets.
+
+A worker loads the model once, on its own GPU where there is one (``workers_per_gpu`` workers
+share a GPU, in bf16), else on the CPU in fp32 with its share of the cores. A block's raw is read
+row of tiles by row in background threads, ahead of the network. Each block covers whole
+tile cores of the volume-wide tile grid and is read with the tile context around it, mirrored at
+the volume's borders, so block-wise prediction equals whole-volume prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from neurosam.affinities import to_uint8
+from neurosam.layout import WorkerSetup
+
+logger = logging.getLogger(__name__)
+
+
+def choose_device(setup: WorkerSetup):
+    """``auto``: this worker's GPU (worker index // workers_per_gpu, over the GPUs it sees),
+    else the CPU."""
+    import torch
+
+    settings = setup.plan.config.predict
+    if settings.device == "auto" and torch.cuda.is_available():
+        return torch.device("cuda", (setup.index // settings.workers_per_gpu) % torch.cuda.device_count())
+    return torch.device("cpu" if settings.device == "auto" else settings.device)
+
+
+def cpu_threads(setup: WorkerSetup) -> int:
+    """The cores this process may use, shared among the task's local workers (a SLURM job has
+    its own cores)."""
+    config = setup.plan.config
+    if config.predict.threads_per_worker is not None:
+        return config.predict.threads_per_worker
+    cores = len(os.sched_getaffinity(0))
+    workers = config.workers.count_for("predict") if config.workers.launcher == "local" else 1
+    return max(1, cores // workers)
+
+
+def tile_rows(write_roi: Roi, core: Coordinate, context: Coordinate) -> list[Roi]:
+    """The raw each row of a block's tiles reads (one tile core deep in z, every tile in y and
+    x, with context around): whole cores covering the write ROI, so the rows lie on the
+    volume-wide tile grid."""
+    counts = Coordinate(-(-s // c) for s, c in zip(write_roi.shape, core))
+    row_shape = Coordinate(core[0], counts[1] * core[1], counts[2] * core[2]) + context * 2
+    return [
+        Roi(write_roi.offset - context + Coordinate(row * core[0], 0, 0), row_shape)
+        for row in range(counts[0])
+    ]
+
+
+class BlockPredictor:
+    """Predicts a block row of tiles by row, reading ``read_ahead`` rows of raw in background
+    threads while the network works, and writes the block's uint8 affinities. Seconds spent
+    reading (in the threads), waiting for reads, in the network and writing are kept in
+    ``seconds``."""
+
+    def __init__(self, setup: WorkerSetup, model, device, autocast_dtype, reader: ThreadPoolExecutor):
+        self.settings = setup.plan.config.predict
+        self.plan = setup.plan
+        self.model = model
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+        self.reader = reader
+        self.core = Coordinate(self.settings.tile_core) * setup.plan.voxel_size
+        self.context = setup.plan.predict_context
+        self.seconds = {"read": 0.0, "waiting for reads": 0.0, "compute": 0.0, "write": 0.0}
+        self.blocks = 0
+
+    def read(self, roi: Roi) -> np.ndarray:
+        from neurosam.model.inference import normalise
+
+        started = time.perf_counter()
+        raw = normalise(self.plan.arrays["raw"].read_mirrored(roi), self.settings.raw_range)
+        self.seconds["read"] += time.perf_counter() - started
+        return raw
+
+    def __call__(self, block) -> None:
+        from neurosam.model.inference import predict_tiles
+
+        rows = tile_rows(block.write_roi, self.core, self.context)
+        reads: deque[Future] = deque(self.reader.submit(self.read, roi) for roi in rows[: self.settings.read_ahead])
+        predicted = []
+        for next_row in range(len(rows)):
+            started = time.perf_counter()
+            raw = reads.popleft().result()
+            if next_row + self.settings.read_ahead < len(rows):
+                reads.append(self.reader.submit(self.read, rows[next_row + self.settings.read_ahead]))
+            computing = time.perf_counter()
+            self.seconds["waiting for reads"] += computing - started
+            predicted.append(
+                predict_tiles(
+                    self.model, raw, self.settings.tile_shape, self.settings.tile_context,
+                    self.device, self.autocast_dtype, self.settings.tile_batch,
+                )
+            )
+            self.seconds["compute"] += time.perf_counter() - computing
+        writing = time.perf_counter()
+        shape = block.write_roi.shape / self.plan.voxel_size
+        probabilities = np.concatenate(predicted, axis=1)[(slice(None), *(slice(0, s) for s in shape))]
+        self.plan.arrays["affinities"].write(block.write_roi, to_uint8(probabilities))
+        self.seconds["write"] += time.perf_counter() - writing
+        self.blocks += 1
+
+
+@contextmanager
+def predict_blocks(setup: WorkerSetup):
+    import torch
+
+    from neurosam.model import load_model
+
+    device = choose_device(setup)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(setup))
+    model, _, _ = load_model(setup.plan.config.predict.checkpoint, map_location=device)
+    model.eval()
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    reader = ThreadPoolExecutor(max_workers=setup.plan.config.predict.read_ahead, thread_name_prefix="raw-reader")
+    predictor = BlockPredictor(setup, model, device, autocast_dtype, reader)
+    try:
+        yield predictor
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+        timings = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in predictor.seconds.items())
+        logger.info("predict worker %d on %s: %d blocks; %s", setup.index, device, predictor.blocks, timings)

@@ -1,0 +1,218 @@
+"""The predict stage: block-wise equals whole-volume, a killed run resumes exactly, bad
+checkpoints and voxel sizes fail before any block, and the registry is the only place a stage
+is named."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from funlib.geometry import Coordinate, Roi
+
+from neurosam.affinities import NEAREST_OFFSETS, to_uint8
+from neurosam.cli import main
+from neurosam.config import load_config
+from neurosam.model import build_model, save_checkpoint
+from neurosam.model.config import ModelConfig
+from neurosam.model.inference import normalise, predict_volume
+from neurosam.pipeline.plan import task_ids
+from neurosam.pipeline.run import run_pipeline
+from neurosam.rag import open_rag
+from neurosam.volumes import create_array, open_array
+from pipeline_support import read_h5
+
+VOXEL_SIZE = (10, 10, 10)
+OFFSETS = [*NEAREST_OFFSETS, [0, 0, -3]]
+TILE = {"tile_shape": [8, 24, 24], "tile_context": [2, 4, 4], "tile_batch": 1, "threads_per_worker": 1}
+"""One tile per batch and one thread, here and in the workers: convolutions then add up in the
+same order, so block-wise and whole-volume floats are identical and so are their uint8 values."""
+
+
+def tiny_checkpoint(path: Path, voxel_size=VOXEL_SIZE, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        architecture="unet", offsets=OFFSETS,
+        unet={"base_channels": 4, "channel_multiplier": 2, "downsample": [[1, 2, 2], [2, 2, 2]], "normalise": True},
+    )
+    save_checkpoint(path, build_model(config), config, extra={"voxel_size": list(voxel_size)})
+    return path
+
+
+@pytest.fixture(scope="module")
+def raw_volume(tmp_path_factory) -> tuple[str, np.ndarray]:
+    """A real medulla crop whose shape no block size used here divides."""
+    raw, voxel_size = read_h5("medulla_fibsem.h5", "raw", (slice(130, 151), slice(0, 61), slice(0, 53)))
+    path = tmp_path_factory.mktemp("raw") / "raw.zarr" / "raw"
+    roi = Roi((0, 0, 0), Coordinate(raw.shape) * voxel_size)
+    create_array(path, roi, voxel_size, np.uint8)[roi] = raw
+    return str(path), raw
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def predict_config(work_dir: Path, raw: str, checkpoint: Path, block_size=(40, 160, 160), **predict) -> Path:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "work_dir": str(work_dir),
+        "datasets": {
+            "raw": raw,
+            "affinities": str(work_dir / "out.zarr/affinities"),
+            "fragments": str(work_dir / "out.zarr/fragments"),
+            "segmentation": str(work_dir / "out.zarr/segmentation"),
+        },
+        "blocks": {"block_size": [100, 200, 200], "context": [20, 20, 20]},
+        "workers": {"count": 2},
+        "rag": {"url": f"sqlite:///{work_dir / 'rag.db'}"},
+        "predict": {"checkpoint": str(checkpoint), "block_size": list(block_size), **TILE, **predict},
+        "segment": {"thresholds": [0.5]},
+    }
+    path = work_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def read_affinities(config_path: Path) -> np.ndarray:
+    array = open_array(load_config(config_path).datasets.affinities)
+    return array[array.roi]
+
+
+def whole_volume_prediction(raw: np.ndarray, checkpoint: Path) -> np.ndarray:
+    from neurosam.model import load_model
+
+    model, _, _ = load_model(checkpoint)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TILE["threads_per_worker"])
+    try:
+        return predict_volume(model, normalise(raw), TILE["tile_shape"], TILE["tile_context"], torch.device("cpu"), tile_batch=1)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_blockwise_prediction_equals_whole_volume(raw_volume, checkpoint, tmp_path):
+    """Blocks of 4 x 16 x 16 voxels, that is 1 x 1 x 1 tile cores, over 21 x 61 x 53 voxels: the
+    last block of every axis is cut by the volume's border."""
+    raw_path, raw = raw_volume
+    config_path = predict_config(tmp_path, raw_path, checkpoint)
+    run_pipeline(config_path, until="predict", echo_progress=False)
+    blockwise = read_affinities(config_path)
+    reference = whole_volume_prediction(raw, checkpoint)
+    assert blockwise.shape == (len(OFFSETS), *raw.shape)
+    np.testing.assert_array_equal(blockwise, to_uint8(reference))
+    stored = open_array(load_config(config_path).datasets.affinities)
+    assert stored._source_data.attrs["offsets"] == OFFSETS
+
+
+def test_blockwise_float_prediction_equals_whole_volume(raw_volume, checkpoint):
+    """Before quantisation: the tiles of a block read with mirrored borders are the tiles of
+    the whole volume padded by reflection, up to float rounding."""
+    from neurosam.layout import StoredArray
+    from neurosam.model import load_model
+    from neurosam.model.inference import predict_tiles
+    from neurosam.workers.predict import tile_rows
+
+    raw_path, raw = raw_volume
+    stored = StoredArray(raw_path, Roi((0, 0, 0), Coordinate(raw.shape) * 10), Coordinate(VOXEL_SIZE))
+    model, _, _ = load_model(checkpoint)
+    reference = whole_volume_prediction(raw, checkpoint)
+    core, context = Coordinate(4, 16, 16) * 10, Coordinate(2, 4, 4) * 10
+    write_roi = Roi((160, 480, 480), (40, 160, 160)).intersect(stored.roi)
+    (row,) = tile_rows(write_roi, core, context)
+    block = predict_tiles(model, normalise(stored.read_mirrored(row)), TILE["tile_shape"], TILE["tile_context"], torch.device("cpu"))
+    shape, start = write_roi.shape / 10, write_roi.offset / 10
+    np.testing.assert_allclose(
+        block[(slice(None), *(slice(0, s) for s in shape))],
+        reference[(slice(None), *(slice(a, a + s) for a, s in zip(start, shape)))],
+        atol=1e-5,
+    )
+
+
+def test_mirrored_read_equals_numpy_reflect_padding(raw_volume):
+    from neurosam.layout import StoredArray
+
+    raw_path, raw = raw_volume
+    stored = StoredArray(raw_path, Roi((0, 0, 0), Coordinate(raw.shape) * 10), Coordinate(VOXEL_SIZE))
+    padded = np.pad(raw, [(30, 30), (70, 70), (60, 60)], mode="reflect")
+    read = stored.read_mirrored(Roi((-300, -700, -600), (Coordinate(raw.shape) + Coordinate(60, 140, 120)) * 10))
+    np.testing.assert_array_equal(read, padded)
+
+
+def test_killed_prediction_resumes_exactly(raw_volume, checkpoint, tmp_path):
+    raw_path, _ = raw_volume
+    reference_path = predict_config(tmp_path / "reference", raw_path, checkpoint)
+    run_pipeline(reference_path, until="predict", echo_progress=False)
+
+    config_path = predict_config(tmp_path / "killed", raw_path, checkpoint)
+    config = load_config(config_path)
+    task = task_ids(config)["predict"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neurosam.cli", "predict", str(config_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        if (config.work_dir / "rag.db").exists():
+            with open_rag(config.rag.url) as rag:
+                if len(rag.done_blocks(task)) >= 5:
+                    break
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    with open_rag(config.rag.url) as rag:
+        done_before = len(rag.done_blocks(task))
+    assert 0 < done_before < 6 * 4 * 4
+
+    summary = run_pipeline(config_path, until="predict", echo_progress=False)
+    assert summary["tasks"][task]["skipped_as_done"] >= done_before
+    np.testing.assert_array_equal(read_affinities(config_path), read_affinities(reference_path))
+
+
+def written(path: Path, write) -> Path:
+    write(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_bad, message",
+    [
+        (lambda path: path, "does not exist"),
+        (lambda path: written(path, lambda p: p.write_bytes(b"not a checkpoint")), "cannot be read as a checkpoint"),
+        (lambda path: written(path, lambda p: torch.save({"format": "other"}, p)), "is not a neurosam model checkpoint"),
+        (lambda path: tiny_checkpoint(path, voxel_size=(40, 4, 4)), "was trained on (40, 4, 4) nm"),
+    ],
+)
+def test_bad_checkpoint_fails_before_any_block(raw_volume, tmp_path, capsys, make_bad, message):
+    bad = make_bad(tmp_path / "bad.pt")
+    config_path = predict_config(tmp_path / "run", raw_volume[0], bad)
+    assert main(["run", str(config_path)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and str(bad) in error
+    assert not (tmp_path / "run" / "out.zarr").exists()
+
+
+def test_checkpoint_with_mismatched_weights_is_named(raw_volume, checkpoint, tmp_path, capsys):
+    state = torch.load(checkpoint, weights_only=True)
+    del state["state_dict"]["head.weight"]
+    bad = tmp_path / "truncated.pt"
+    torch.save(state, bad)
+    config_path = predict_config(tmp_path / "run", raw_volume[0], bad)
+    assert main(["run", str(config_path)]) == 2
+    error = capsys.readouterr().err
+    assert "do not fit the model" in error and str(bad) in error
+
+
+def test_predict_block_size_must_hold_whole_tile_cores(raw_volume, checkpoint, tmp_path, capsys):
+    config_path = predict_config(tmp_path, raw_volume[0], checkpoint, block_size=(40, 150, 160))
+    assert main(["run", str(config_path)]) == 2
+    assert "predict.block_size" in capsys.readouterr().err
