@@ -1,0 +1,35 @@
+"""The registry is the only place a stage is named: a stage registered from outside the package
+runs through the same scheduler, resume and status, with no other edit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from neurosam.config import load_config
+from neurosam.pipeline import stages
+from neurosam.pipeline.run import run_pipeline, run_status
+from neurosam.volumes import open_array
+from pipeline_support import gala_inputs, write_config
+
+
+def test_a_registered_stage_runs_through_the_scheduler(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "STAGES", list(stages.STAGES))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    stages.register(stages.Stage("census", "sample_stage:census_blocks", stages.plain_blocks), after="fragments")
+
+    inputs = {"affinities": gala_inputs(tmp_path / "inputs")["affinities"]}
+    config_path = write_config(tmp_path / "run", inputs, (250, 500, 1000), (50, 50, 50), segment={"thresholds": [0.5]})
+    summary = run_pipeline(config_path, echo_progress=False)
+
+    census = next(task for task in summary["tasks"] if task.startswith("census-"))
+    assert list(summary["tasks"]).index(census) == 1
+    assert summary["tasks"][census]["completed"] == summary["tasks"][census]["blocks"] == 8
+    fragments = open_array(load_config(config_path).datasets.fragments)
+    counted = sum(int(path.read_text()) for path in (tmp_path / "run" / "census").iterdir())
+    assert counted == np.count_nonzero(fragments[fragments.roi])
+    assert (census, 8, 8) in run_status(config_path)
+    again = run_pipeline(config_path, echo_progress=False)
+    assert again["tasks"][census]["skipped_as_done"] == 8
