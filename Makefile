@@ -1,4 +1,4 @@
-# The README's commands. `make demo` segments the bundled volume; `make test` runs the tests.
+# The README's commands. `make demo` segments the bundled raw EM crop with the shipped model; `make test` runs the tests.
 VENV ?= .venv
 PYTHON ?= python3
 # The CPU build; on a GPU machine pass the CUDA build you use, e.g. TORCH="torch==2.13.0".
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/neurosam demo --work-dir runs/demo
+	$(BIN)/neurosam run configs/demo.yaml
 
 services:
 	bash scripts/start_postgres.sh

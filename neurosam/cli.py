@@ -38,14 +38,13 @@ def _worker(args) -> None:
     serve_task(str(Path(args.plan).resolve()), args.task)
 
 
-def _demo(args) -> None:
-    from neurosam.demo import prepare_demo
+def _classical_example(args) -> None:
+    from neurosam.classical_example import prepare_classical_example
     from neurosam.pipeline.run import format_summary, run_pipeline
 
-    config_path = prepare_demo(args.work_dir)
-    print(f"demo config: {config_path}")
+    config_path = prepare_classical_example(args.work_dir)
+    print(f"config: {config_path}")
     print(format_summary(run_pipeline(config_path)))
-    print(f"pictures: {config_path.parent / 'segmentation.png'}, {config_path.parent / 'evaluation.png'}")
 
 
 def _convert(args) -> None:
@@ -75,6 +74,13 @@ def _train(args) -> None:
     train_from_config(args.config)
 
 
+def _export(args) -> None:
+    from neurosam.model import export_model
+
+    kept = export_model(args.checkpoint, args.output)
+    print(f"wrote {args.output} (trained on voxels of {kept.get('voxel_size')} nm, step {kept.get('step')})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neurosam", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
@@ -98,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--task", required=True)
     worker.set_defaults(handler=_worker)
 
-    demo = commands.add_parser("demo", help="segment the bundled FIB-SEM crop end to end")
-    demo.add_argument("--work-dir", default="runs/demo")
-    demo.set_defaults(handler=_demo)
+    classical = commands.add_parser(
+        "classical-example", help="segment the bundled gala crop from its classical boundary map (no network)"
+    )
+    classical.add_argument("--work-dir", default="runs/classical_example")
+    classical.set_defaults(handler=_classical_example)
 
     convert = commands.add_parser("convert", help="HDF5 or TIFF stack to zarr, chunk by chunk")
     convert.add_argument("input", help="an .h5/.hdf5 file, a multi-page .tif, or a directory of .tif slices")
@@ -121,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the affinity network from a training config")
     train.add_argument("config")
     train.set_defaults(handler=_train)
+
+    export = commands.add_parser("export", help="a training checkpoint as a model to predict with (weights, config, voxel size; no optimizer)")
+    export.add_argument("checkpoint")
+    export.add_argument("output")
+    export.set_defaults(handler=_export)
     return parser
 
 

@@ -24,7 +24,7 @@ CHECKPOINT_FORMAT = "neurosam-model/1"
 
 __all__ = ["ModelConfig", "ModelCheckpointError", "build_model", "save_checkpoint", "load_model", "export_model"]
 
-EXPORTED_KEYS = ("voxel_size", "step", "best", "training")
+EXPORTED_KEYS = ("voxel_size", "step", "best")
 """What a shipped checkpoint keeps of its training state: no optimizer, so it stays small."""
 
 
@@ -87,12 +87,16 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, 
     return model, config, checkpoint["extra"]
 
 
-def export_model(source: str | Path, destination: str | Path, **extra) -> dict:
+def export_model(source: str | Path, destination: str | Path) -> dict:
     """A checkpoint to ship or predict with: the weights and config of ``source``, the voxel size
-    it was trained for and its scores, without the optimizer state; ``extra`` adds to what is
-    kept (e.g. the voxel size, for a checkpoint written before training recorded it)."""
+    it was trained for and its scores, without the optimizer state. A checkpoint written before
+    training recorded its voxel size gets the one of its training data."""
     model, config, state = load_model(source)
     kept = {key: state[key] for key in EXPORTED_KEYS if key in state}
-    kept.update(extra)
+    if "voxel_size" not in kept and "train_config" in state:
+        from neurosam.model.data import open_dataset
+
+        with open_dataset(state["train_config"]["data"]["raw"]) as (_, voxel_size, _):
+            kept["voxel_size"] = [int(v) for v in voxel_size]
     save_checkpoint(destination, model, config, extra=kept)
     return kept

@@ -12,7 +12,7 @@ import daisy.v2 as daisy
 from daisy import logging as daisy_logging
 
 from neurosam.config import load_config
-from neurosam.layout import RunPlan
+from neurosam.layout import RunPlan, segmentation_path
 from neurosam.pipeline.plan import plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
 from neurosam.pipeline.stages import stages_for
@@ -101,10 +101,16 @@ def _write_summary(plan: RunPlan, config_path: str, task_order: list[str], state
                 "failed": state.failed_count,
                 "orphaned": state.orphaned_count,
             }
-    summary = {"config": config_path, "seconds": round(seconds, 2), "tasks": tasks}
+    summary = {
+        "config": config_path,
+        "seconds": round(seconds, 2),
+        "tasks": tasks,
+        "segmentations": {f"{t:.4f}": segmentation_path(plan.config, t) for t in plan.config.segment.thresholds},
+    }
     evaluation = plan.work_dir / "evaluation.json"
     if evaluation.exists():
         summary["evaluation"] = json.loads(evaluation.read_text())
+        summary["report"] = {"scores": str(evaluation), "pictures": [str(plan.work_dir / n) for n in ("segmentation.png", "evaluation.png")]}
     (plan.work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -128,4 +134,10 @@ def format_summary(summary: dict) -> str:
             f"  threshold {threshold}: VOI {scores['voi']:.3f} (split {scores['voi_split']:.3f}, "
             f"merge {scores['voi_merge']:.3f}), adapted Rand error {scores['adapted_rand_error']:.3f}"
         )
+    if "evaluation" in summary:
+        best = summary["evaluation"]["best_threshold"]
+        scores = summary["evaluation"]["thresholds"][best]
+        lines.append(f"best threshold {best}: VOI {scores['voi']:.3f}, adapted Rand error {scores['adapted_rand_error']:.3f}")
+        lines.append(f"  segmentation: {summary['segmentations'][best]}")
+        lines.append(f"  report: {summary['report']['scores']}; pictures: {', '.join(summary['report']['pictures'])}")
     return "\n".join(lines)

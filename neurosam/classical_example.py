@@ -1,8 +1,7 @@
-"""The embedded default: a real FIB-SEM crop shipped with the package, segmented end to end on
-this machine with SQLite and local workers, so a new user sees the whole pipeline in one command.
-
-Until the network predicts affinities in the pipeline, the demo's affinities come from the crop's
-classical boundary map; everything after them is the production code path.
+"""The classical route, as an example: a real FIB-SEM crop shipped with the package, whose
+affinities come from its classical boundary map instead of a network, segmented by the same
+post-processing on this machine with SQLite and local workers. The embedded default
+(``configs/demo.yaml``) predicts its affinities with the shipped network instead.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, store_a
 from neurosam.convert import convert
 from neurosam.volumes import dataset_exists
 
-DEMO_VOLUME = files("neurosam") / "data" / "gala_fib_train.h5"
+GALA_VOLUME = files("neurosam") / "data" / "gala_fib_train.h5"
 
 
-def demo_config() -> dict:
+def classical_config() -> dict:
     container = "volumes.zarr"
     return {
         "work_dir": ".",
@@ -40,21 +39,21 @@ def demo_config() -> dict:
     }
 
 
-def prepare_demo(work_dir: str | Path) -> Path:
-    """Write the demo's volumes and config into ``work_dir`` (kept if already there); return the config path."""
+def prepare_classical_example(work_dir: str | Path) -> Path:
+    """Write the example's volumes and config into ``work_dir`` (kept if already there); return the config path."""
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     container = work_dir / "volumes.zarr"
     for name in ("raw", "neuron_ids"):
         if not dataset_exists(container / name):
-            convert(DEMO_VOLUME, name, container / name)
+            convert(GALA_VOLUME, name, container / name)
     if not dataset_exists(container / "affinities"):
-        with h5py.File(DEMO_VOLUME, "r") as volume:
+        with h5py.File(GALA_VOLUME, "r") as volume:
             boundary = volume["boundary_prob"]
             voxel_size = Coordinate(boundary.attrs["resolution"])
             roi = Roi(boundary.attrs["offset"], Coordinate(boundary.shape) * voxel_size)
             store_affinities(str(container / "affinities"), boundary_to_affinities(boundary[:]), roi, voxel_size, NEAREST_OFFSETS)
     config_path = work_dir / "config.yaml"
     if not config_path.exists():
-        config_path.write_text(yaml.safe_dump(demo_config(), sort_keys=False))
+        config_path.write_text(yaml.safe_dump(classical_config(), sort_keys=False))
     return config_path
