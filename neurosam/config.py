@@ -47,7 +47,9 @@ class Datasets(StrictModel):
 
 class BlockSpec(StrictModel):
     block_size: PositiveVector3
-    context: Vector3 = (0, 0, 0)
+    context: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] | None = None
+    """nm read around each post-processing block, so fragments that touch across a block face
+    are seen together. Default: an eighth of the block, at least 4 voxels (see plan.py)."""
 
 
 class SlurmConfig(StrictModel):

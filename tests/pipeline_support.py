@@ -54,7 +54,8 @@ def medulla_gt_inputs(directory: Path) -> dict:
 
 
 def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) -> Path:
-    """A run config in ``work_dir`` over the given inputs; ``sections`` override config sections."""
+    """A run config in ``work_dir`` over the given inputs (``context`` None: the default);
+    ``sections`` override config sections."""
     work_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "work_dir": str(work_dir),
@@ -63,7 +64,7 @@ def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) 
             "fragments": str(work_dir / "out.zarr/fragments"),
             "segmentation": str(work_dir / "out.zarr/segmentation"),
         },
-        "blocks": {"block_size": list(block_size), "context": list(context)},
+        "blocks": {"block_size": list(block_size), **({} if context is None else {"context": list(context)})},
         "workers": {"count": 2},
         "rag": {"url": f"sqlite:///{work_dir / 'rag.db'}"},
         "fragments": {"epsilon_agglomerate": 0.1},

@@ -35,13 +35,13 @@ def edit_config(path, change) -> None:
 
 
 def test_unknown_key_is_named(tmp_path, inputs, capsys):
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), fragments={"epsilon": 0.1})
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), fragments={"epsilon": 0.1})
     code, error = run_cli(path, capsys)
     assert code == 2 and "fragments.epsilon: unknown key" in error
 
 
 def test_missing_dataset_is_named(tmp_path, inputs, capsys):
-    path = write_config(tmp_path / "run", {**inputs, "affinities": inputs["affinities"] + "_typo"}, (50, 100, 100), (0, 0, 0))
+    path = write_config(tmp_path / "run", {**inputs, "affinities": inputs["affinities"] + "_typo"}, (50, 100, 100), (20, 20, 20))
     code, error = run_cli(path, capsys)
     assert code == 2 and "affinities_typo" in error and "no dataset" in error
 
@@ -50,7 +50,7 @@ def test_wrong_dtype(tmp_path, inputs, capsys):
     affinities = open_array(inputs["affinities"])
     float_path = str(tmp_path / "float.zarr/affinities")
     create_array(float_path, affinities.roi, affinities.voxel_size, np.float32, channels=3)
-    path = write_config(tmp_path / "run", {**inputs, "affinities": float_path}, (50, 100, 100), (0, 0, 0))
+    path = write_config(tmp_path / "run", {**inputs, "affinities": float_path}, (50, 100, 100), (20, 20, 20))
     code, error = run_cli(path, capsys)
     assert code == 2 and "float32" in error and "uint8" in error
 
@@ -59,19 +59,19 @@ def test_voxel_size_mismatch(tmp_path, inputs, capsys):
     ground_truth = open_array(inputs["ground_truth"])
     other = str(tmp_path / "other.zarr/gt")
     create_array(other, Roi((0, 0, 0), ground_truth.roi.shape * 2), (20, 20, 20), np.uint64)
-    path = write_config(tmp_path / "run", {**inputs, "ground_truth": other}, (50, 100, 100), (0, 0, 0))
+    path = write_config(tmp_path / "run", {**inputs, "ground_truth": other}, (50, 100, 100), (20, 20, 20))
     code, error = run_cli(path, capsys)
     assert code == 2 and "voxel size" in error and "ground truth" in error
 
 
 def test_roi_outside_volume(tmp_path, inputs, capsys):
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), roi={"offset": [0, 0, 0], "shape": [100, 200, 800]})
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), roi={"offset": [0, 0, 0], "shape": [100, 200, 800]})
     code, error = run_cli(path, capsys)
     assert code == 2 and "outside" in error
 
 
 def test_block_size_not_multiple_of_voxel_size(tmp_path, inputs, capsys):
-    path = write_config(tmp_path / "run", inputs, (55, 100, 100), (0, 0, 0))
+    path = write_config(tmp_path / "run", inputs, (55, 100, 100), (20, 20, 20))
     code, error = run_cli(path, capsys)
     assert code == 2 and "blocks.block_size" in error and "multiple" in error
 
@@ -81,21 +81,21 @@ def test_block_size_not_multiple_of_voxel_size(tmp_path, inputs, capsys):
     ("roi.shape.0", lambda c: c.update(roi={"offset": [0, 0, 0], "shape": [0, 100, 100]})),
 ])
 def test_sizes_that_are_not_positive_are_named(tmp_path, inputs, capsys, key, change):
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0))
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20))
     edit_config(path, change)
     code, error = run_cli(path, capsys)
     assert code == 2 and f"{key}: Input should be greater than 0" in error
 
 
 def test_unreachable_database(tmp_path, inputs, capsys):
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), rag={"url": "postgresql://neurosam@127.0.0.1:1/nowhere"})
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), rag={"url": "postgresql://neurosam@127.0.0.1:1/nowhere"})
     code, error = run_cli(path, capsys)
     assert code == 2 and "127.0.0.1:1" in error
 
 
 def test_unwritable_database(tmp_path, inputs, capsys):
     """/proc is read-only even for root, so this holds wherever the tests run."""
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0), rag={"url": "sqlite:////proc/neurosam/rag.db"})
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), rag={"url": "sqlite:////proc/neurosam/rag.db"})
     code, error = run_cli(path, capsys)
     assert code == 2 and "/proc/neurosam/rag.db" in error
 
@@ -110,7 +110,7 @@ def test_unwritable_database(tmp_path, inputs, capsys):
     ids=["another shape", "chunks across blocks"],
 )
 def test_existing_output_that_does_not_fit_is_left_untouched(tmp_path, inputs, capsys, roi, chunk_voxels):
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (0, 0, 0))
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20))
     fragments_path = yaml.safe_load(path.read_text())["datasets"]["fragments"]
     existing = create_array(fragments_path, roi, (10, 10, 10), np.uint64, chunk_voxels=chunk_voxels)
     existing[roi] = 7
@@ -118,3 +118,14 @@ def test_existing_output_that_does_not_fit_is_left_untouched(tmp_path, inputs, c
     assert code == 2 and "already exists" in error
     after = open_array(fragments_path)
     assert after.roi == roi and (after[roi] == 7).all()
+
+
+@pytest.mark.parametrize("context, message", [
+    ([0, 20, 20], "along axis z the volume has several blocks"),
+    ([-10, 20, 20], "blocks.context.0: Input should be greater than or equal to 0"),
+])
+def test_context_too_small_for_stitching_is_refused(tmp_path, inputs, capsys, context, message):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), context)
+    code, error = run_cli(path, capsys)
+    assert code == 2 and message in error
+    assert not (tmp_path / "run" / "out.zarr").exists()

@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 import waterz
+from funlib.geometry import Coordinate
 
 from neurosam.config import load_config
 from neurosam.evaluate import evaluate
+from neurosam.layout import load_plan, plan_path
 from neurosam.pipeline.run import run_pipeline, run_status
 from neurosam.rag import open_rag
 from neurosam.volumes import open_array
@@ -38,10 +40,15 @@ def best_threshold(summary: dict) -> tuple[float, float]:
     return float(best), scores[best]["voi"]
 
 
-def test_gala_blockwise_matches_one_block(gala, gala_blockwise, tmp_path):
+@pytest.fixture(scope="module")
+def gala_one_block(gala, tmp_path_factory):
+    path = write_config(tmp_path_factory.mktemp("one"), gala, **GALA_ONE_BLOCK, segment=THRESHOLDS)
+    return path, run_pipeline(path, echo_progress=False)
+
+
+def test_gala_blockwise_matches_one_block(gala_blockwise, gala_one_block):
     blockwise_path, blockwise = gala_blockwise
-    one_block_path = write_config(tmp_path / "one", gala, **GALA_ONE_BLOCK, segment=THRESHOLDS)
-    one_block = run_pipeline(one_block_path, echo_progress=False)
+    one_block_path, one_block = gala_one_block
 
     fragments_task = next(t for t in blockwise["tasks"] if t.startswith("fragments"))
     assert blockwise["tasks"][fragments_task]["blocks"] >= 8
@@ -117,3 +124,18 @@ def test_medulla_ground_truth_affinities_match_monolithic_waterz(tmp_path):
     )
     monolithic_voi = min(evaluate(segmentation, ground_truth[ground_truth.roi])["voi"] for segmentation in monolithic)
     assert best_threshold(summary)[1] <= monolithic_voi + 0.02
+
+
+def test_default_context_stitches_blocks(gala, gala_one_block, tmp_path):
+    """A config that leaves blocks.context out, over 8 blocks: edges cross the block faces and
+    the result scores like one block (context 0 here gave no cross-block edge and VOI 2.45)."""
+    path = write_config(tmp_path / "defaults", gala, (250, 500, 1000), None, segment=THRESHOLDS)
+    summary = run_pipeline(path, echo_progress=False)
+    config = load_config(path)
+    plan = load_plan(str(plan_path(config.work_dir)))
+    assert plan.context == Coordinate(40, 60, 120)
+    with open_rag(config.rag.url) as rag:
+        edges = rag.read_edges()
+    crossing = plan.owner_block(edges["u"]) != plan.owner_block(edges["v"])
+    assert crossing.sum() > 0.05 * len(crossing)
+    assert abs(best_threshold(summary)[1] - best_threshold(gala_one_block[1])[1]) <= 0.1

@@ -128,6 +128,35 @@ def _predict_geometry(config: RunConfig, voxel_size: Coordinate, block_size: Coo
     return predict_block, Coordinate(config.predict.tile_context) * voxel_size
 
 
+MIN_CONTEXT_VOXELS = 2
+DEFAULT_CONTEXT_VOXELS = 4
+DEFAULT_CONTEXT_FRACTION = 8
+
+
+def default_context(block_size: Coordinate, voxel_size: Coordinate) -> Coordinate:
+    """An eighth of the block, at least ``DEFAULT_CONTEXT_VOXELS``, in whole voxels."""
+    block_voxels = block_size / voxel_size
+    return Coordinate(max(DEFAULT_CONTEXT_VOXELS, b // DEFAULT_CONTEXT_FRACTION) for b in block_voxels) * voxel_size
+
+
+def _stitching_context(config: RunConfig, volume_roi: Roi, voxel_size: Coordinate, block_size: Coordinate) -> Coordinate:
+    """Where a volume has several blocks along an axis, agglomeration must see fragments across
+    the faces between them: without context no cross-block edge exists and neurons are cut at
+    every face."""
+    if config.blocks.context is None:
+        return default_context(block_size, voxel_size)
+    context = Coordinate(config.blocks.context)
+    _require_multiple("blocks.context", context, voxel_size)
+    for axis, (c, v, b, s) in enumerate(zip(context, voxel_size, block_size, volume_roi.shape)):
+        if s > b and c < MIN_CONTEXT_VOXELS * v:
+            raise InputError(
+                f"blocks.context {tuple(context)} nm: along axis {'zyx'[axis]} the volume has several blocks, and "
+                f"stitching them needs at least {MIN_CONTEXT_VOXELS} voxels ({MIN_CONTEXT_VOXELS * v} nm) of context; "
+                f"leave blocks.context out for the default ({tuple(default_context(block_size, voxel_size))} nm here)"
+            )
+    return context
+
+
 def task_ids(config: RunConfig) -> dict[str, str]:
     """Stage name -> task id. A task's id carries a fingerprint of everything its output depends
     on (its config sections, and its upstream task's fingerprint), so changing a parameter starts
@@ -158,9 +187,8 @@ def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
     volume_roi = _volume_roi(config, source_roi, voxel_size, source)
 
     block_size = Coordinate(config.blocks.block_size)
-    context = Coordinate(config.blocks.context)
     _require_multiple("blocks.block_size", block_size, voxel_size)
-    _require_multiple("blocks.context", context, voxel_size)
+    context = _stitching_context(config, volume_roi, voxel_size, block_size)
     predict_block, predict_context = (None, None)
     if config.predict is not None:
         predict_block, predict_context = _predict_geometry(config, voxel_size, block_size)
