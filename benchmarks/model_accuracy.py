@@ -3,7 +3,7 @@
 Trains configs/train_tiny_cpu.yaml (FGNet, SAM2 tiny encoder randomly initialised and frozen:
 official weights cannot be had on these machines), configs/train_fge_baseline.yaml (FGE alone)
 and configs/train_unet_baseline.yaml (MALA-style 3D U-Net) from scratch, each for the same
-number of iterations on z 0-119 of medulla_fibsem_train.h5, then prints VOI and adapted Rand
+number of iterations on z 0-119 of data/medulla_fibsem.h5, then prints VOI and adapted Rand
 error on the held-out crop z 130-159 (waterz, best threshold).
 
     python benchmarks/model_accuracy.py [--iterations N] [--output-dir DIR]

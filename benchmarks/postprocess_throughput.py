@@ -54,7 +54,7 @@ from neurosam.pipeline.plan import output_chunk_voxels
 from neurosam.quiet import quiet_stdout
 from neurosam.volumes import create_array, open_array
 
-MEDULLA = Path(__file__).resolve().parents[2] / "shared" / "data" / "medulla_fibsem_train.h5"
+MEDULLA = Path(__file__).resolve().parents[1] / "data" / "medulla_fibsem.h5"
 SCORING_NAME = "hist_quant_50"
 SCORING_FUNCTION = AgglomerateConfig().scoring_functions[SCORING_NAME]
 THRESHOLDS = SegmentConfig().thresholds

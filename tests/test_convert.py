@@ -14,7 +14,7 @@ from neurosam.convert import ConvertError, TiffStack, convert
 from neurosam.volumes import VolumeError, open_array
 from neurosam.layout import StoredArray
 
-GALA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gala_fib_train.h5"
+GALA = Path(__file__).resolve().parents[1] / "neurosam" / "data" / "gala_fib_train.h5"
 
 
 def read_back(path):
@@ -69,7 +69,6 @@ def test_channels_first_hdf5_becomes_a_channel_axis(tmp_path):
     np.testing.assert_array_equal(stored, data)
 
 
-@pytest.mark.skipif(not GALA.exists(), reason="needs ../shared/data")
 def test_real_fib_sem_volume_converts_voxel_for_voxel(tmp_path):
     convert(GALA, "raw", tmp_path / "gala.zarr" / "raw", chunk_shape=(16, 32, 64))
     array, stored = read_back(tmp_path / "gala.zarr" / "raw")
