@@ -216,3 +216,33 @@ def test_predict_block_size_must_hold_whole_tile_cores(raw_volume, checkpoint, t
     config_path = predict_config(tmp_path, raw_volume[0], checkpoint, block_size=(40, 150, 160))
     assert main(["run", str(config_path)]) == 2
     assert "predict.block_size" in capsys.readouterr().err
+
+
+def test_each_stage_asks_slurm_for_its_own_resources(raw_volume, checkpoint, tmp_path):
+    """Predict jobs go to the GPU partition with a GPU each; the other stages to the CPU one."""
+    from neurosam.layout import load_plan
+    from neurosam.pipeline.launchers import make_process_function, sbatch_command
+    from neurosam.pipeline.plan import plan_run, prepare_outputs
+
+    config_path = predict_config(tmp_path, raw_volume[0], checkpoint)
+    edit = yaml.safe_load(config_path.read_text())
+    edit["workers"] = {
+        "launcher": "slurm", "count": 8, "slurm": {"partition": "cpu", "memory": "8G"},
+        "stages": {"predict": {"count": 2, "slurm": {"partition": "gpu", "gpus_per_worker": 1, "memory": "32G"}}},
+    }
+    config_path.write_text(yaml.safe_dump(edit))
+    plan = plan_run(load_config(config_path), check_database=False)
+    prepare_outputs(plan)
+    plan_file = str(plan.save())
+    assert load_plan(plan_file) == plan
+    for task in plan.tasks.values():
+        function = make_process_function(plan, plan_file, task)
+        command, job_name, slurm, work_dir = function.args
+        assert command[-3:] == [plan_file, "--task", task.task_id]
+        sbatch = sbatch_command(command, job_name, slurm, work_dir)
+        if task.stage == "predict":
+            assert "--partition=gpu" in sbatch and "--gres=gpu:1" in sbatch and "--mem=32G" in sbatch
+            assert plan.config.workers.count_for("predict") == 2
+        else:
+            assert "--partition=cpu" in sbatch and not any(arg.startswith("--gres") for arg in sbatch)
+            assert plan.config.workers.count_for(task.stage) == 8

@@ -33,3 +33,14 @@ def test_a_registered_stage_runs_through_the_scheduler(tmp_path, monkeypatch):
     assert (census, 8, 8) in run_status(config_path)
     again = run_pipeline(config_path, echo_progress=False)
     assert again["tasks"][census]["skipped_as_done"] == 8
+
+
+def test_only_the_predict_stage_imports_torch():
+    """Post-processing workers start without torch (seconds of import and hundreds of MB)."""
+    import subprocess
+    import sys
+
+    modules = [stage.block_function.split(":")[0] for stage in stages.STAGES if stage.name != "predict"]
+    script = "import sys\n" + "".join(f"import {m}\n" for m in modules + ["neurosam.pipeline.worker", "neurosam.pipeline.run"])
+    script += "assert 'torch' not in sys.modules, 'torch imported'\n"
+    subprocess.run([sys.executable, "-c", script], check=True)

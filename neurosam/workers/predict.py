@@ -9,20 +9,19 @@ the volume's borders, so block-wise prediction equals whole-volume prediction.
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.affinities import to_uint8
 from neurosam.layout import WorkerSetup
-
-logger = logging.getLogger(__name__)
 
 
 def choose_device(setup: WorkerSetup):
@@ -131,5 +130,17 @@ def predict_blocks(setup: WorkerSetup):
         yield predictor
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-        timings = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in predictor.seconds.items())
-        logger.info("predict worker %d on %s: %d blocks; %s", setup.index, device, predictor.blocks, timings)
+        write_timings(setup, device, predictor)
+
+
+def timings_dir(work_dir) -> Path:
+    return Path(work_dir) / "logs" / "predict_timings"
+
+
+def write_timings(setup: WorkerSetup, device, predictor: BlockPredictor) -> None:
+    """Where each worker's time went, one JSON file per worker process, beside the worker logs."""
+    directory = timings_dir(setup.plan.work_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {"task": setup.task.task_id, "worker": setup.index, "device": str(device), "blocks": predictor.blocks}
+    record["seconds"] = {name: round(seconds, 4) for name, seconds in predictor.seconds.items()}
+    (directory / f"worker-{setup.index}-{os.getpid()}.json").write_text(json.dumps(record))
