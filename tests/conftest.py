@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,17 @@ def postgres_url() -> str:
     if result.returncode != 0:
         pytest.fail(f"{script} failed:\n{result.stderr}")
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url):
+    """A fresh schema, chosen through the URL's search_path."""
+    import psycopg
+
+    schema = f"neurosam_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA {schema} CASCADE")

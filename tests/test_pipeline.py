@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.image
+
 import numpy as np
 import pytest
 import waterz
+import yaml
 from funlib.geometry import Coordinate
 
-from neurosam.config import load_config
+from neurosam.config import HIST_QUANT_50, load_config
 from neurosam.evaluate import evaluate
 from neurosam.layout import load_plan, plan_path
 from neurosam.pipeline.run import run_pipeline, run_status
 from neurosam.rag import open_rag
 from neurosam.volumes import open_array
+from neurosam.workers.evaluation import middle_section
 from pipeline_support import gala_inputs, medulla_gt_inputs, read_segmentation, write_config
 
 GALA_BLOCKS = {"block_size": (250, 500, 500), "context": (100, 100, 100)}
@@ -70,8 +74,18 @@ def test_outputs_are_well_formed(gala_blockwise):
     assert set(report["thresholds"]) == {"0.5000", "0.6000", "0.7000", "0.8000"}
     for picture in ("evaluation.png", "segmentation.png"):
         assert (config.work_dir / picture).stat().st_size > 10_000
+    picture = matplotlib.image.imread(config.work_dir / "segmentation.png")[..., :3]
+    saturation = picture.max(axis=-1) - picture.min(axis=-1)
+    assert (saturation > 0.3).mean() > 0.01, "no segment outlines drawn"
+    assert (saturation < 0.05).mean() > 0.2, "no raw section drawn"
+    plan = load_plan(str(plan_path(config.work_dir)))
+    section = middle_section(plan.volume_roi, plan.voxel_size)
+    assert plan.volume_roi.contains(section) and section.shape[0] == plan.voxel_size[0]
     assert (config.work_dir / "summary.json").exists()
-    assert (config.work_dir / "logs" / "progress.log").read_text().count("/") > 0
+    progress = (config.work_dir / "logs" / "progress.log").read_text()
+    for task, counts in summary["tasks"].items():
+        assert f"{counts['blocks']}/{counts['blocks']}" in progress.split(task)[-1].splitlines()[0]
+        assert list((config.work_dir / "logs" / task).glob("worker_*.out")), f"no worker log for {task}"
     with open_rag(config.rag.url) as rag:
         nodes = rag.read_nodes()
         assert len(np.unique(nodes["ids"])) == len(nodes["ids"]) == rag.count_nodes()
@@ -86,22 +100,6 @@ def test_rerun_skips_every_finished_block(gala_blockwise):
         assert counts["skipped_as_done"] == counts["blocks"]
     np.testing.assert_array_equal(read_segmentation(config, 0.5), before)
     assert all(done == total for _, done, total in run_status(path))
-
-
-def test_changed_parameters_invalidate_done_markers(gala, gala_blockwise, tmp_path):
-    path, first = gala_blockwise
-    config = load_config(path)
-    changed = write_config(
-        config.work_dir, gala, **GALA_BLOCKS, segment=THRESHOLDS, fragments={"epsilon_agglomerate": 0.2}
-    )
-    summary = run_pipeline(changed, echo_progress=False)
-    assert set(summary["tasks"]).isdisjoint(first["tasks"])
-    for counts in summary["tasks"].values():
-        assert counts["skipped_as_done"] == 0 and counts["completed"] == counts["blocks"]
-    with open_rag(config.rag.url) as rag:
-        assert rag.count_nodes() == len(np.unique(rag.read_nodes()["ids"]))
-        fragments = read_fragments_ids(config)
-        assert set(rag.read_nodes()["ids"].tolist()) == fragments
 
 
 def read_fragments_ids(config) -> set[int]:
@@ -139,3 +137,61 @@ def test_default_context_stitches_blocks(gala, gala_one_block, tmp_path):
     crossing = plan.owner_block(edges["u"]) != plan.owner_block(edges["v"])
     assert crossing.sum() > 0.05 * len(crossing)
     assert abs(best_threshold(summary)[1] - best_threshold(gala_one_block[1])[1]) <= 0.1
+
+
+@pytest.mark.postgres
+def test_pipeline_on_postgresql_equals_sqlite(gala, gala_blockwise, postgres_schema_url, tmp_path):
+    sqlite_path, _ = gala_blockwise
+    path = write_config(tmp_path / "postgres", gala, **GALA_BLOCKS, segment=THRESHOLDS, rag={"url": postgres_schema_url})
+    run_pipeline(path, echo_progress=False)
+    ours, theirs = load_config(path), load_config(sqlite_path)
+    for threshold in THRESHOLDS["thresholds"]:
+        np.testing.assert_array_equal(read_segmentation(ours, threshold), read_segmentation(theirs, threshold))
+    with open_rag(ours.rag.url) as postgres, open_rag(theirs.rag.url) as sqlite:
+        assert postgres.count_edges() == sqlite.count_edges() > 0
+
+
+@pytest.mark.parametrize("section, change, kept", [
+    ("segment", {"segment": {"thresholds": [0.55, 0.75]}}, ("fragments", "agglomerate")),
+    ("agglomerate", {"agglomerate": {"scoring_functions": {"hist_quant_50": HIST_QUANT_50}}, "segment": THRESHOLDS}, ("fragments",)),
+])
+def test_changed_downstream_section_keeps_upstream_blocks(gala, gala_blockwise, tmp_path, section, change, kept):
+    """A rerun with a changed downstream section skips the finished upstream tasks, redoes the
+    rest, and ends with the output of a fresh run of the changed config."""
+    path, first = gala_blockwise
+    config = load_config(path)
+    resumed_path = tmp_path / "changed.yaml"
+    resumed_path.write_text(path.read_text())
+    edit = yaml.safe_load(resumed_path.read_text())
+    edit.update(change)
+    resumed_path.write_text(yaml.safe_dump(edit))
+    summary = run_pipeline(resumed_path, echo_progress=False)
+    for task, counts in summary["tasks"].items():
+        if task.split("-")[0] in kept:
+            assert task in first["tasks"] and counts["skipped_as_done"] == counts["blocks"], task
+        else:
+            assert task not in first["tasks"] and counts["skipped_as_done"] == 0, task
+
+    fresh_path = write_config(tmp_path / "fresh", gala, **GALA_BLOCKS, **{"segment": THRESHOLDS, **change})
+    run_pipeline(fresh_path, echo_progress=False)
+    changed, fresh = load_config(resumed_path), load_config(fresh_path)
+    for threshold in changed.segment.thresholds:
+        np.testing.assert_array_equal(read_segmentation(changed, threshold), read_segmentation(fresh, threshold))
+    assert config.work_dir == changed.work_dir
+
+
+def test_changed_parameters_invalidate_done_markers(gala, gala_blockwise, tmp_path):
+    """Last in this module: it rewrites the shared block-wise run's outputs in place."""
+    path, first = gala_blockwise
+    config = load_config(path)
+    changed = write_config(
+        config.work_dir, gala, **GALA_BLOCKS, segment=THRESHOLDS, fragments={"epsilon_agglomerate": 0.2}
+    )
+    summary = run_pipeline(changed, echo_progress=False)
+    assert set(summary["tasks"]).isdisjoint(first["tasks"])
+    for counts in summary["tasks"].values():
+        assert counts["skipped_as_done"] == 0 and counts["completed"] == counts["blocks"]
+    with open_rag(config.rag.url) as rag:
+        assert rag.count_nodes() == len(np.unique(rag.read_nodes()["ids"]))
+        fragments = read_fragments_ids(config)
+        assert set(rag.read_nodes()["ids"].tolist()) == fragments

@@ -38,18 +38,6 @@ def unique_name() -> str:
 
 
 @pytest.fixture
-def postgres_schema_url(postgres_url):
-    """A fresh schema, chosen through the URL's search_path."""
-    schema = unique_name()
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in postgres_url else "?"
-    yield f"{postgres_url}{separator}options=-csearch_path%3D{schema}"
-    with psycopg.connect(postgres_url, autocommit=True) as connection:
-        connection.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture
 def mongodb_url():
     name = unique_name()
     if MONGODB_SERVER_URL is None:

@@ -15,6 +15,7 @@ from scipy.ndimage import distance_transform_edt
 from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
 from neurosam.config import ConfigError
 from neurosam.model import build_model
+from neurosam.model.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
 from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range
 from neurosam.model.inference import predict_volume
@@ -138,11 +139,19 @@ def test_patch_affinities_are_those_of_the_volume_at_the_patch():
 def test_batches_depend_on_seed_and_step_only():
     labels = voronoi_labels((8, 20, 20), cells=10, seed=3)
     raw = np.random.default_rng(0).random(labels.shape, dtype=np.float32)
-    batches = TrainingBatches(PatchSampler(raw, labels, (4, 8, 8), NEAREST_OFFSETS, augment=None), 2, seed=7, iterations=10)
-    assert batches[4]["raw"].shape == (2, 1, 4, 8, 8)
-    assert batches[4]["affinities"].shape == (2, 3, 4, 8, 8)
-    torch.testing.assert_close(batches[4]["raw"], batches[4]["raw"])
-    assert not torch.equal(batches[4]["raw"], batches[5]["raw"])
+    def batches(seed: int) -> TrainingBatches:
+        """A fresh sampler each time: nothing carried over from an earlier draw can count."""
+        sampler = PatchSampler(raw, labels, (4, 8, 8), NEAREST_OFFSETS, augment=AugmentConfig())
+        return TrainingBatches(sampler, 2, seed=seed, iterations=10)
+
+    first, again, other_seed = batches(7), batches(7), batches(8)
+    assert first[4]["raw"].shape == (2, 1, 4, 8, 8)
+    assert first[4]["affinities"].shape == (2, 3, 4, 8, 8)
+    _ = again[5]["raw"], again[3]["raw"]
+    for key in ("raw", "affinities", "mask"):
+        torch.testing.assert_close(first[4][key], again[4][key])
+    assert not torch.equal(first[4]["raw"], first[5]["raw"])
+    assert not torch.equal(first[4]["raw"], other_seed[4]["raw"])
 
 
 def write_padded_volume(directory: Path, container: str, raw: np.ndarray, labels: np.ndarray) -> None:

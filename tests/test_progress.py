@@ -1,0 +1,28 @@
+"""Progress a person can read: done / total, rate and ETA per task, in pipeline order."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from neurosam.pipeline import progress
+from neurosam.pipeline.progress import ProgressLog
+
+
+def state(done: int, total: int, failed: int = 0, processing: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(completed_count=done, total_block_count=total, failed_count=failed, processing_count=processing)
+
+
+def test_progress_lines_give_done_total_rate_and_eta(tmp_path, monkeypatch):
+    clock = iter([0.0, 10.0, 20.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    log = ProgressLog(["predict-a", "fragments-b"], tmp_path / "progress.log", echo=False)
+    log.on_start({"predict-a": state(0, 40), "fragments-b": state(0, 8, processing=0)})
+    log.on_progress({"predict-a": state(10, 40), "fragments-b": state(0, 8, processing=0)})
+    log.on_finish({"predict-a": state(40, 40), "fragments-b": state(6, 8, failed=2)})
+    lines = (tmp_path / "progress.log").read_text().splitlines()
+    assert "predict-a" in lines[0] and "0/40" in lines[0]
+    progress_line = next(line for line in lines if "10/40" in line)
+    assert "1.00 blocks/s" in progress_line and "ETA 0m30s" in progress_line
+    assert lines.index(progress_line) < len(lines) - 2
+    assert "40/40" in lines[-2] and "100.0%" in lines[-2]
+    assert "fragments-b" in lines[-1] and "6/8" in lines[-1] and "failed 2" in lines[-1]
