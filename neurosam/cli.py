@@ -56,13 +56,16 @@ def _convert(args) -> None:
 
 def _view(args) -> None:
     from neurosam.config import load_config
-    from neurosam.view import render_overview
     from neurosam.layout import segmentation_path
+    from neurosam.view import default_threshold, open_viewer, render_overview, serve
 
     config = load_config(args.config)
+    threshold = args.threshold if args.threshold is not None else default_threshold(config)
+    if not args.png:
+        serve(open_viewer(config, threshold, bind=args.bind, port=args.port))
+        return
     if config.datasets.raw is None:
         raise ConfigError(f"{args.config}: datasets.raw is needed to draw the segmentation over it")
-    threshold = args.threshold if args.threshold is not None else config.segment.thresholds[len(config.segment.thresholds) // 2]
     out = Path(args.out or config.work_dir / f"view_{threshold:.4f}.png")
     render_overview(config.datasets.raw, segmentation_path(config, threshold), out, z=args.z)
     print(f"wrote {out}")
@@ -119,11 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr format of the output (default 3)")
     convert.set_defaults(handler=_convert)
 
-    view = commands.add_parser("view", help="draw a section of the raw with a segmentation over it")
+    view = commands.add_parser(
+        "view",
+        help="open the run in neuroglancer (with --png: draw one section to a PNG)",
+        description=(
+            "Serve the run to neuroglancer, print the viewer's URL and keep serving until Ctrl-C. Layers, each "
+            "where its dataset exists, read lazily from the zarr arrays: raw, affinities (first three channels "
+            "as RGB), fragments, the segmentation at --threshold and the ground truth. Fragments and "
+            "segmentation are both segmentation layers, so hovering over a voxel shows its fragment id and "
+            "its segment id side by side in the layer bar; Ctrl+right-click pins them in the selection "
+            "panel; double-click selects a segment."
+        ),
+    )
     view.add_argument("config")
-    view.add_argument("--threshold", type=float)
-    view.add_argument("--z", type=int, help="section index (default: middle)")
-    view.add_argument("--out", help="PNG path (default: in the work dir)")
+    view.add_argument(
+        "--threshold", type=float,
+        help="segmentation to show (default: the best-scoring one in work_dir/evaluation.json, else the middle of segment.thresholds)",
+    )
+    view.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS", help="address to serve on (default 127.0.0.1: this machine only)")
+    view.add_argument("--port", type=int, default=0, help="port to serve on (default 0: any free port)")
+    view.add_argument("--png", action="store_true", help="draw a section of the raw with the segmentation over it instead")
+    view.add_argument("--z", type=int, help="with --png: section index (default: middle)")
+    view.add_argument("--out", help="with --png: PNG path (default: in the work dir)")
     view.set_defaults(handler=_view)
 
     train = commands.add_parser("train", help="train the affinity network from a training config")

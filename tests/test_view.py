@@ -1,0 +1,112 @@
+"""`neurosam view` in a real browser: a finished run served to neuroglancer and drawn by headless
+Chromium (Debian's chromium and chromium-driver; nothing is downloaded). Without them the test
+fails rather than skips, so a machine that cannot show a run is never reported green."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import neuroglancer
+import numpy as np
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
+
+from neurosam.config import load_config
+from neurosam.layout import segmentation_path
+from neurosam.pipeline.run import run_pipeline
+from neurosam.view import default_threshold, open_viewer
+from neurosam.volumes import open_array
+from pipeline_support import gala_inputs, write_config
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1024,768",
+        "--enable-unsafe-swiftshader",  # WebGL in software: Chromium no longer falls back to it unasked
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    yield driver
+    driver.quit()
+    neuroglancer.stop()
+
+
+def saturated(pixels: np.ndarray) -> float:
+    """The fraction of strongly coloured pixels: segment colours make them, grey raw never does."""
+    return float(np.mean(pixels.max(axis=-1) - pixels.min(axis=-1) > 60))
+
+
+def screenshot(driver, path, drawn) -> np.ndarray:
+    """Screenshots until ``drawn(pixels)`` or a minute has passed (chunks arrive over time); the
+    last one stays at ``path``."""
+    deadline = time.monotonic() + 60
+    while True:
+        driver.save_screenshot(str(path))
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=int)
+        if drawn(pixels) or time.monotonic() > deadline:
+            return pixels
+        time.sleep(1)
+
+
+def test_viewer_draws_the_segmentation_and_shows_both_ids(tmp_path, browser):
+    config_path = write_config(tmp_path / "run", gala_inputs(tmp_path), (250, 500, 1000), (50, 50, 50))
+    run_pipeline(config_path, echo_progress=False)
+    config = load_config(config_path)
+    threshold = default_threshold(config)
+    assert threshold == float(json.loads((config.work_dir / "evaluation.json").read_text())["best_threshold"])
+    segmentation = f"segmentation {threshold:.4f}"
+
+    viewer = open_viewer(config, threshold)
+    assert viewer.get_viewer_url().startswith("http://127.0.0.1:")
+    assert [layer.name for layer in viewer.state.layers] == ["raw", "affinities", "fragments", segmentation, "ground truth"]
+
+    def show(*names):
+        """One xy section (10 nm voxels, 5 pixels each) of only the named layers, without UI."""
+        with viewer.txn() as state:
+            state.layout = "xy"
+            state.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm", scales=[10, 10, 10])
+            state.cross_section_scale = 0.2
+            state.show_axis_lines = False
+            state.show_default_annotations = False
+            for layer in state.layers:
+                layer.visible = layer.name in names
+
+    with viewer.config_state.txn() as config_state:
+        config_state.show_ui_controls = False
+        config_state.show_panel_borders = False
+    show("raw", segmentation)
+    browser.get(viewer.get_viewer_url())
+    coloured = screenshot(browser, tmp_path / "segmentation.png", lambda pixels: saturated(pixels) > 0.3)
+    assert saturated(coloured) > 0.3, f"segmentation layer did not draw: see {tmp_path / 'segmentation.png'}"
+
+    show("raw")
+    grey = screenshot(browser, tmp_path / "raw.png", lambda pixels: saturated(pixels) < 0.01 and pixels.std() > 20)
+    assert saturated(grey) < 0.01 and grey.std() > 20, f"raw alone did not draw grey: see {tmp_path / 'raw.png'}"
+
+    # Ctrl+right-click pins the selection: the voxel under the cursor with every visible layer's value.
+    show("fragments", segmentation)
+    ActionChains(browser).move_to_element(browser.find_element("tag name", "body")).key_down(Keys.CONTROL).context_click().key_up(Keys.CONTROL).perform()
+    deadline = time.monotonic() + 30
+    while not {"fragments", segmentation} <= set(viewer.state.to_json().get("selection", {}).get("layers", {})):
+        assert time.monotonic() < deadline, f"no pinned selection: {viewer.state.to_json().get('selection')}"
+        time.sleep(0.5)
+    selection = viewer.state.to_json()["selection"]
+    x, y, z = np.floor(selection["position"]).astype(int)
+    shown = {name: int(selection["layers"][name]["value"]) for name in ("fragments", segmentation)}
+    stored = {
+        name: int(open_array(path)._source_data[z, y, x])
+        for name, path in (("fragments", config.datasets.fragments), (segmentation, segmentation_path(config, threshold)))
+    }
+    assert shown == stored
