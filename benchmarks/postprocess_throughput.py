@@ -13,6 +13,14 @@ watershed and one agglomeration of the whole volume. "workers" is the pipeline's
 the workers per task: stages overlap, so with 1 worker fragments and agglomerate already run
 side by side; the CPU seconds of all worker processes show how many cores a run kept busy.
 
+Both sides are measured the same way, by this process: each run is one child process (spawned:
+a fresh interpreter, its imports included), its wall clock from just before the child is started
+to its return, and its CPU seconds from this process's RUSAGE_CHILDREN, which covers the child
+and every process it waited for (the pipeline's orchestrator, daisy's scheduler and workers).
+Each configuration runs ``--repeats`` times; the table gives the minimum and median wall time
+and the CPU seconds of the median run. Beside the speed, the VOI between the block-wise and the
+monolithic segmentation (the largest over the thresholds) shows whether the two agree.
+
 Every run has processes of its own. A sitecustomize hook in every child process counts the CPU
 seconds spent inside waterz, for the pipeline and for monolithic waterz alike: they show how much
 of the difference is waterz's own work. Peak memory is the kernel's high-water mark of resident
@@ -31,7 +39,6 @@ per-voxel cost without it.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import resource
 import shutil
@@ -157,19 +164,11 @@ def own_peak_bytes() -> int:
         return 1024 * next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 
 
-def import_before_timing() -> None:
-    """neurosam imports funlib.persistence (with dask, xarray and pandas) where it first opens an
-    array; neither run's time counts that import."""
-    importlib.import_module("funlib.persistence")
-
-
 def run_monolithic(affinities_path: str, output_dir: str, output_chunk: tuple[int, ...]) -> dict:
     """Runs in a child process: read all affinities, waterz, write each threshold's segmentation
     in chunks of the pipeline's outputs."""
     import sitecustomize  # the benchmark's hook, which times waterz
 
-    import_before_timing()
-    start, start_cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
     affinities = open_array(affinities_path)
     data = np.ascontiguousarray(to_float(affinities[affinities.roi]))
     with quiet_stdout():
@@ -177,13 +176,7 @@ def run_monolithic(affinities_path: str, output_dir: str, output_chunk: tuple[in
         for threshold, segmentation in zip(THRESHOLDS, segmentations):
             output = create_array(f"{output_dir}/out.zarr/threshold_{threshold:.4f}", affinities.roi, affinities.voxel_size, np.uint64, chunk_voxels=output_chunk)
             output[affinities.roi] = segmentation
-    seconds = time.perf_counter() - start
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds(resource.RUSAGE_SELF) - start_cpu,
-        "waterz_cpu_seconds": sitecustomize.waterz_cpu_seconds,
-        "peak_bytes": own_peak_bytes(),
-    }
+    return {"waterz_cpu_seconds": sitecustomize.waterz_cpu_seconds, "peak_bytes": own_peak_bytes()}
 
 
 def run_blockwise(config_path: str, peaks_dir: str) -> dict:
@@ -193,11 +186,8 @@ def run_blockwise(config_path: str, peaks_dir: str) -> dict:
     from neurosam.pipeline.run import run_pipeline
 
     os.environ[PEAKS_DIR_VARIABLE] = peaks_dir
-    import_before_timing()
-    start = time.perf_counter()
     with quiet_stdout():
         run_pipeline(config_path, echo_progress=False)
-    seconds = time.perf_counter() - start
     tasks = load_plan(str(plan_path(Path(config_path).parent))).tasks
     peaks: dict[str, int] = {}
     waterz_cpu_seconds = 0.0
@@ -206,12 +196,33 @@ def run_blockwise(config_path: str, peaks_dir: str) -> dict:
         stage = tasks[task].stage
         peaks[stage] = max(peaks.get(stage, 0), 1024 * int(peak_kib))
         waterz_cpu_seconds += float(in_waterz)
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds(resource.RUSAGE_CHILDREN), "waterz_cpu_seconds": waterz_cpu_seconds, "peaks": peaks}
+    return {"waterz_cpu_seconds": waterz_cpu_seconds, "peaks": peaks}
 
 
-def in_child_process(function, *args) -> dict:
+def measured(function, *args) -> dict:
+    """``function(*args)`` in a fresh child process, with the wall and CPU seconds of the child
+    and of every process below it, from its start to its end."""
+    start, start_cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
+        result = pool.submit(function, *args).result()
+    return {**result, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds(resource.RUSAGE_CHILDREN) - start_cpu}
+
+
+def repeated(run, repeats: int) -> dict:
+    """The median run (by wall time), with the minimum wall time of all runs beside it."""
+    results = sorted((run(repeat) for repeat in range(repeats)), key=lambda result: result["seconds"])
+    return {**results[len(results) // 2], "min_seconds": results[0]["seconds"]}
+
+
+def largest_voi(first_container: Path, second_container: Path) -> float:
+    """The VOI between two runs' segmentations, the largest over the thresholds."""
+    from neurosam.evaluate import evaluate
+
+    vois = []
+    for threshold in THRESHOLDS:
+        first, second = (open_array(f"{c}/threshold_{threshold:.4f}") for c in (first_container, second_container))
+        vois.append(evaluate(first[first.roi], second[second.roi], ignore_background=False)["voi"])
+    return max(vois)
 
 
 class Runs:
@@ -233,17 +244,33 @@ class Runs:
             write_affinities(path, self.boundary, size, self.voxel_size, self.args.chunk)
         return path
 
+    def monolithic_output(self, size: int, repeat: int) -> Path:
+        return self.root / f"size{size}" / f"monolithic{repeat}" / "out.zarr"
+
+    def blockwise_output(self, size: int, workers: int, repeat: int) -> Path:
+        return self.root / f"size{size}" / f"workers{workers}-{repeat}" / "out.zarr" / "segmentation" / SCORING_NAME
+
     def monolithic(self, size: int) -> dict:
         block = Coordinate((self.args.block,) * 3) * self.voxel_size
         output_chunk = output_chunk_voxels(block, self.voxel_size)
-        return in_child_process(run_monolithic, str(self.affinities(size)), str(self.root / f"size{size}" / "monolithic"), output_chunk)
+        affinities = str(self.affinities(size))
+        return repeated(
+            lambda repeat: measured(run_monolithic, affinities, str(self.monolithic_output(size, repeat).parent), output_chunk),
+            self.args.repeats,
+        )
 
-    def blockwise(self, size: int, workers: int) -> dict:
-        work_dir = self.root / f"size{size}" / f"workers{workers}"
-        config = write_config(work_dir, self.affinities(size), self.args.block, self.args.context, self.voxel_size, workers)
-        peaks_dir = work_dir / "peaks"
-        peaks_dir.mkdir()
-        return in_child_process(run_blockwise, str(config), str(peaks_dir))
+    def blockwise(self, size: int, workers: int, repeats: int | None = None) -> dict:
+        def run(repeat: int) -> dict:
+            work_dir = self.root / f"size{size}" / f"workers{workers}-{repeat}"
+            config = write_config(work_dir, self.affinities(size), self.args.block, self.args.context, self.voxel_size, workers)
+            peaks_dir = work_dir / "peaks"
+            peaks_dir.mkdir()
+            return measured(run_blockwise, str(config), str(peaks_dir))
+
+        result = repeated(run, repeats or self.args.repeats)
+        if size != FIXED_COST_SIZE:
+            result["voi_to_monolithic"] = largest_voi(self.blockwise_output(size, workers, 0), self.monolithic_output(size, 0))
+        return result
 
     def drop(self, size: int) -> None:
         shutil.rmtree(self.root / f"size{size}")
@@ -260,10 +287,10 @@ def block_worker_peak(result: dict) -> tuple[str, int]:
 
 
 TABLE_HEADER = (
-    "| volume | workers | block-wise s (CPU s) | block-wise voxels/s | monolithic s (CPU s) | monolithic voxels/s "
-    "| block-wise / monolithic | CPU s in waterz, block-wise / monolithic | ns/voxel | ns/voxel added "
-    "| block worker peak RSS, MiB | segment peak RSS, MiB | monolithic peak RSS, MiB |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"
+    "| volume | workers | block-wise s, min / median (CPU s) | block-wise voxels/s | monolithic s, min / median (CPU s) "
+    "| monolithic voxels/s | block-wise / monolithic | CPU s in waterz, block-wise / monolithic | ns/voxel | ns/voxel added "
+    "| block worker peak RSS, MiB | segment peak RSS, MiB | monolithic peak RSS, MiB | VOI block-wise vs monolithic |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
 )
 
 
@@ -282,11 +309,12 @@ def print_row(row: dict) -> None:
     stage, peak = block_worker_peak(blockwise)
     added = ns_per_voxel_added(row)
     print(
-        f"| {row['size']}^3 | {row['workers']} | {blockwise['seconds']:.1f} ({blockwise['cpu_seconds']:.0f}) "
-        f"| {voxels / blockwise['seconds']:,.0f} | {monolithic['seconds']:.1f} ({monolithic['cpu_seconds']:.0f}) "
+        f"| {row['size']}^3 | {row['workers']} | {blockwise['min_seconds']:.1f} / {blockwise['seconds']:.1f} ({blockwise['cpu_seconds']:.0f}) "
+        f"| {voxels / blockwise['seconds']:,.0f} | {monolithic['min_seconds']:.1f} / {monolithic['seconds']:.1f} ({monolithic['cpu_seconds']:.0f}) "
         f"| {voxels / monolithic['seconds']:,.0f} | {monolithic['seconds'] / blockwise['seconds']:.2f}x "
         f"| {blockwise['waterz_cpu_seconds']:.1f} / {monolithic['waterz_cpu_seconds']:.1f} | {1e9 * blockwise['seconds'] / voxels:.0f} | {'-' if added is None else f'{added:.0f}'} "
-        f"| {mib(peak)} ({stage}) | {mib(blockwise['peaks']['segment'])} | {mib(monolithic['peak_bytes'])} |",
+        f"| {mib(peak)} ({stage}) | {mib(blockwise['peaks']['segment'])} | {mib(monolithic['peak_bytes'])} "
+        f"| {blockwise['voi_to_monolithic']:.3f} |",
         flush=True,
     )
 
@@ -350,6 +378,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=128, help="block edge length in voxels")
     parser.add_argument("--chunk", type=int, default=64, help="chunk edge length of the affinities in voxels")
     parser.add_argument("--context", type=int, default=4, help="context around each block, in voxels")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each configuration (min and median are printed)")
     parser.add_argument("--work-dir", type=Path, help="where volumes and runs go (default: a temporary directory)")
     args = parser.parse_args()
     if min(args.sizes) <= FIXED_COST_SIZE:
@@ -364,7 +393,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         runs = Runs(root, args)
-        fixed_seconds = {workers: runs.blockwise(FIXED_COST_SIZE, workers)["seconds"] for workers in args.workers}
+        fixed_seconds = {workers: runs.blockwise(FIXED_COST_SIZE, workers)["min_seconds"] for workers in args.workers}
         runs.drop(FIXED_COST_SIZE)
         print(TABLE_HEADER, flush=True)
         rows = []
