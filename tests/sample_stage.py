@@ -3,6 +3,8 @@ its fragments' sizes (its voxel count with a fragment) to a file named after its
 
 from __future__ import annotations
 
+import os
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -18,5 +20,21 @@ def census_blocks(setup: WorkerSetup):
     def count(block) -> None:
         fragments = setup.plan.arrays["fragments"].read(block.write_roi)
         (out_dir / f"block-{block.block_id[1]}").write_text(str(int(np.count_nonzero(fragments))))
+
+    yield count
+
+
+@contextmanager
+def slow_census_blocks(setup: WorkerSetup):
+    """Like ``census_blocks``, slowly, leaving a record of every attempt at a block (which
+    process started it, and whether it finished), so a test can kill a worker mid-block."""
+    attempts = setup.plan.work_dir / "attempts"
+    attempts.mkdir(exist_ok=True)
+
+    def count(block) -> None:
+        name = f"{block.block_id[1]}-{os.getpid()}"
+        (attempts / f"started-{name}").touch()
+        time.sleep(1.0)
+        (attempts / f"finished-{name}").touch()
 
     yield count

@@ -7,13 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from neurosam.config import load_config
 from neurosam.pipeline.run import run_pipeline
+from neurosam.pipeline import stages
 from neurosam.pipeline.plan import task_ids
 from neurosam.rag import open_rag
 from neurosam.volumes import open_array
@@ -54,12 +57,6 @@ def wait_for_done_blocks(config, task: str, count: int, process: subprocess.Pope
     raise TimeoutError(f"{task} did not reach {count} done blocks")
 
 
-def worker_pids(parent: int) -> list[int]:
-    """daisy's worker subprocesses of a run (its direct children)."""
-    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in children]
-
-
 def assert_same_results(config, reference) -> None:
     for path, expected in [(config.datasets.fragments, reference.datasets.fragments)] + [
         (f"{config.datasets.segmentation}/hist_quant_50/threshold_{t:.4f}", f"{reference.datasets.segmentation}/hist_quant_50/threshold_{t:.4f}")
@@ -93,13 +90,34 @@ def test_whole_run_killed_mid_stage_resumes_exactly(inputs, reference, tmp_path,
     assert_same_results(config, reference)
 
 
-def test_killed_worker_is_replaced_and_output_is_exact(inputs, reference, tmp_path):
+def test_worker_killed_mid_block_is_replaced_and_its_block_redone(inputs, reference, tmp_path, monkeypatch):
+    """A slow stage registered after fragments leaves a record of every attempt at a block; a
+    worker is killed while one of its blocks is started and not finished, and that block must
+    be done again by another process, with the run's output exact."""
+    monkeypatch.setattr(stages, "STAGES", list(stages.STAGES))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    stages.register(stages.Stage("slow_census", "sample_stage:slow_census_blocks", stages.plain_blocks), after="fragments")
     path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT)
     config = load_config(path)
-    process = start_run(path)
-    wait_for_done_blocks(config, task_ids(config)["fragments"], 2, process)
-    victims = worker_pids(process.pid)
-    assert victims, "no worker process found"
-    os.kill(victims[0], signal.SIGKILL)
-    assert process.wait(timeout=300) == 0
+    outcome = []
+    run = threading.Thread(target=lambda: outcome.append(run_pipeline(path, echo_progress=False)))
+    run.start()
+    attempts = config.work_dir / "attempts"
+    deadline = time.monotonic() + 120
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        started = {p.name.removeprefix("started-") for p in attempts.glob("started-*")} if attempts.exists() else set()
+        finished = {p.name.removeprefix("finished-") for p in attempts.glob("finished-*")}
+        in_progress = sorted(started - finished)
+        if in_progress:
+            victim = in_progress[0]
+        time.sleep(0.05)
+    assert victim is not None, "no block was ever in progress"
+    block, pid = victim.split("-")
+    os.kill(int(pid), signal.SIGKILL)
+    run.join(timeout=300)
+    assert outcome, "the run did not finish"
+    assert not (attempts / f"finished-{victim}").exists()
+    redone = [p for p in attempts.glob(f"finished-{block}-*")]
+    assert len(redone) == 1 and redone[0].name != f"finished-{victim}"
     assert_same_results(config, reference)
