@@ -126,3 +126,52 @@ def test_apply_lookup_keeps_background_and_rejects_unknown_fragments():
     np.testing.assert_array_equal(apply_lookup(fragments, ids, table), [[[0, 3, 3, 9]]])
     with pytest.raises(ValueError, match="not in the RAG"):
         apply_lookup(np.array([[[4]]], dtype=np.uint64), ids, table)
+
+
+def _segment_peak_growth(config_path: str) -> tuple[int, int]:
+    """In a fresh process: resident memory before segment (imports, RAG open) and its peak."""
+    from neurosam.config import load_config
+    from neurosam.rag import open_rag
+    from neurosam.workers.segment import find_segments
+
+    def high_water_mark() -> int:
+        with open("/proc/self/status") as status:
+            return 1024 * next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+
+    config = load_config(config_path)
+    with open_rag(config.rag.url) as rag:
+        before = high_water_mark()
+        find_segments(config, rag)
+    return before, high_water_mark()
+
+
+def test_segment_memory_stays_bounded_on_a_graph_larger_than_it(tmp_path):
+    """3 M edges (72 MB as the arrays u, v, score) through segment with pages of 20k edges: its
+    memory grows by a fraction of the graph, as it would not if it held the graph."""
+    import multiprocessing
+
+    import yaml
+
+    rng = np.random.default_rng(0)
+    nodes, edges = 200_000, 3_000_000
+    ids = np.arange(1, nodes + 1, dtype=np.uint64)
+    url = f"sqlite:///{tmp_path / 'rag.db'}"
+    config = _config(tmp_path, url, 20_000, [0.3])
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    with open_rag(url) as rag:
+        rag.write_nodes(ids, np.zeros((nodes, 3)), np.ones(nodes, dtype=np.uint64))
+        for start in range(0, edges, 500_000):
+            u = rng.integers(1, nodes, size=500_000).astype(np.uint64)
+            v = u + rng.integers(1, 1000, size=500_000).astype(np.uint64)
+            keep = v <= nodes
+            scores = rng.random(keep.sum())
+            rag.write_edges(u[keep], v[keep], {"hist_quant_50": scores, "hist_quant_75": scores})
+        stored = rag.count_edges()
+    graph_bytes = stored * 24
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        before, peak = pool.apply(_segment_peak_growth, (str(config_path),))
+    assert stored > 2_000_000
+    assert peak - before < graph_bytes / 3, f"segment grew by {(peak - before) / 2**20:.0f} MiB for a {graph_bytes / 2**20:.0f} MiB graph"
+    table = np.load(lookup_path(config, 0.3))
+    assert len(table) == nodes and (table <= ids).all()
