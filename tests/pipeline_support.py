@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import yaml
 from funlib.geometry import Coordinate, Roi
+from scipy import ndimage
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities
 from neurosam.volumes import create_array, open_array
@@ -47,9 +48,14 @@ def gala_inputs(directory: Path) -> dict:
     return write_inputs(directory, boundary_to_affinities(boundary), labels, voxel_size, raw)
 
 
-def medulla_gt_inputs(directory: Path) -> dict:
+def medulla_gt_inputs(directory: Path, noise: float = 0.0) -> dict:
+    """Affinities of the medulla ground truth, with seeded Gaussian noise of std ``noise``
+    (smoothed over a voxel) when asked: 0/1 affinities make stitching trivial."""
     labels, voxel_size = read_h5("medulla_fibsem.h5", "neuron_ids")
     affinities, _ = labels_to_affinities(labels, NEAREST_OFFSETS)
+    if noise:
+        jitter = ndimage.gaussian_filter(np.random.default_rng(0).normal(0, noise, affinities.shape), (0, 1, 1, 1))
+        affinities = np.clip(affinities + jitter, 0.0, 1.0)
     return write_inputs(directory, affinities, labels, voxel_size)
 
 

@@ -107,8 +107,9 @@ def read_fragments_ids(config) -> set[int]:
     return set(np.unique(fragments[fragments.roi]).tolist()) - {0}
 
 
-def test_medulla_ground_truth_affinities_match_monolithic_waterz(tmp_path):
-    inputs = medulla_gt_inputs(tmp_path)
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_medulla_ground_truth_affinities_match_monolithic_waterz(tmp_path, noise):
+    inputs = medulla_gt_inputs(tmp_path, noise)
     thresholds = [0.1, 0.3, 0.5]
     path = write_config(
         tmp_path / "run", inputs, block_size=(400, 1250, 1250), context=(50, 50, 50), segment={"thresholds": thresholds}
