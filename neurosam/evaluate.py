@@ -268,8 +268,9 @@ def plot_segmentation_slice(
     figure.savefig(path)
 
 
-def plot_scores_vs_threshold(per_threshold: dict[float, dict], path: str | os.PathLike) -> None:
-    """VOI split / merge / total and adapted Rand error against the agglomeration threshold."""
+def plot_scores_vs_threshold(per_threshold: dict[float, dict], path: str | os.PathLike):
+    """VOI split / merge / total and adapted Rand error against the agglomeration threshold;
+    returns the figure, so what it shows can be checked."""
     from matplotlib.figure import Figure
 
     if not per_threshold:
@@ -291,3 +292,4 @@ def plot_scores_vs_threshold(per_threshold: dict[float, dict], path: str | os.Pa
     rand_axis.set_ylim(bottom=0)
     figure.tight_layout()
     figure.savefig(path)
+    return figure

@@ -207,9 +207,16 @@ def test_slice_picture_outlines_segments_over_the_raw(tmp_path):
 
 def test_scores_picture_is_written(tmp_path):
     per_threshold = {t: evaluate(random_labels(18), random_labels(19 + i)) for i, t in enumerate((0.1, 0.5, 0.9))}
-    plot_scores_vs_threshold(per_threshold, tmp_path / "scores.png")
+    figure = plot_scores_vs_threshold(per_threshold, tmp_path / "scores.png")
     height, width, _ = matplotlib.image.imread(tmp_path / "scores.png").shape
     assert width > height > 100
+    voi_axis, rand_axis = figure.axes
+    shown = {line.get_label(): list(line.get_ydata()) for line in voi_axis.get_lines() if not line.get_label().startswith("_")}
+    for key in ("voi_split", "voi_merge", "voi"):
+        assert shown[key] == [per_threshold[t][key] for t in (0.1, 0.5, 0.9)]
+    assert list(rand_axis.get_lines()[0].get_ydata()) == [per_threshold[t]["adapted_rand_error"] for t in (0.1, 0.5, 0.9)]
+    best = min(per_threshold, key=lambda t: per_threshold[t]["voi"])
+    assert f"best {per_threshold[best]['voi']:.3f} at {best:g}" in voi_axis.get_title()
 
 
 def test_overview_renders_one_section_of_stored_arrays(stored_pair, tmp_path):
