@@ -20,6 +20,7 @@ import yaml
 import slurm_blocks
 from neurosam.config import load_config
 from neurosam.pipeline.launchers import (
+    SCHEDULER_CHECK_SECONDS,
     cancel_submitted_jobs,
     run_slurm_worker,
     slurm_log_dir,
@@ -112,7 +113,7 @@ def test_failed_job_fails_its_worker(config_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as scheduler:
         context = daisy.Context(hostname="127.0.0.1", port=scheduler.getsockname()[1], task_id="failing", worker_id=0)
         with pytest.raises(RuntimeError, match="exit code 3"):
-            run_slurm_worker(command, "neurosam-failing", config, context=context)
+            run_slurm_worker(command, "neurosam-failing", config.workers.slurm, config.work_dir, context=context)
 
     submitted = submitted_jobs_file(config.work_dir).read_text().split()
     assert len(submitted) == 1
@@ -155,6 +156,39 @@ def test_jobs_of_a_killed_run_are_cancelled_by_the_next(config_path: Path, tmp_p
         cancelled = cancel_submitted_jobs(config.work_dir)
     assert cancelled == running
     wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
+
+
+def test_jobs_cancel_themselves_when_the_scheduler_dies_alone(config_path: Path, tmp_path: Path) -> None:
+    """SIGKILL to the scheduler process only: its launchers live on, find it refusing
+    connections, and cancel their jobs within a few check periods."""
+    scheduler = start_scheduler(config_path, tmp_path, seconds_per_block=600)
+    try:
+        wait_for(lambda: workers_busy(config_path), 60, "both workers to hold a block")
+        os.kill(scheduler.pid, signal.SIGKILL)
+        scheduler.wait(timeout=10)
+        wait_for(lambda: queued_jobs() == [], 6 * SCHEDULER_CHECK_SECONDS, "the jobs to cancel themselves")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(scheduler.pid, signal.SIGKILL)
+        cancel_submitted_jobs(load_config(config_path).work_dir)
+
+
+def test_next_run_cancels_the_jobs_of_a_killed_run(config_path: Path, tmp_path: Path) -> None:
+    """The whole run killed outright (launchers too): the next `run_pipeline` in the same work
+    dir cancels the jobs left behind, before it plans anything."""
+    config = load_config(config_path)
+    scheduler = start_scheduler(config_path, tmp_path, seconds_per_block=600)
+    try:
+        wait_for(lambda: workers_busy(config_path), 60, "both workers to hold a block")
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        scheduler.wait(timeout=10)
+        assert queued_jobs("RUNNING")
+        inputs = {"affinities": gala_inputs(tmp_path / "inputs")["affinities"]}
+        next_run = write_config(config.work_dir, inputs, (500, 1000, 2000), (50, 50, 50), segment={"thresholds": [0.5]})
+        run_pipeline(next_run, echo_progress=False)
+        wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
+    finally:
+        cancel_submitted_jobs(config.work_dir)
 
 
 def test_pipeline_on_slurm_equals_local(slurm_cluster, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
 def run_pipeline(config_path: str | Path, until: str | None = None, echo_progress: bool = True) -> dict:
     """Run every stage up to ``until`` (all by default); finished blocks are skipped.
 
-    SLURM jobs left by a run that was killed outright are cancelled first. A run stopped by a
+    SLURM jobs left by a run that was killed outright are cancelled first, before planning. A run stopped by a
     signal needs no handler here: daisy's loop holds the main thread, and the jobs the SLURM
     launcher submitted cancel themselves once the scheduler stops answering.
     """
@@ -47,6 +47,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
 
     config_path = str(Path(config_path).resolve())
     config = load_config(config_path)
+    cancel_submitted_jobs(config.work_dir)
     plan = plan_run(config)
     task_order = tasks_until(plan, until)
     prepare_outputs(plan)
@@ -59,7 +60,6 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     with open_rag(config.rag.url) as rag:
         done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
     pipeline = build_pipeline(plan, plan_file, done_blocks, task_order)
-    cancel_submitted_jobs(config.work_dir)
     # zarr decodes chunks in threads, and glibc gives each thread a malloc arena of its own where
     # freed block buffers pile up; with one arena they are reused, and a worker's peak memory
     # stops growing after its first blocks. Local workers and SLURM jobs inherit the variable.
