@@ -246,3 +246,21 @@ def test_each_stage_asks_slurm_for_its_own_resources(raw_volume, checkpoint, tmp
         else:
             assert "--partition=cpu" in sbatch and not any(arg.startswith("--gres") for arg in sbatch)
             assert plan.config.workers.count_for(task.stage) == 8
+
+
+@pytest.mark.parametrize("workers_per_gpu, expected", [(1, [0, 1, 0, 1]), (2, [0, 0, 1, 1])])
+def test_each_local_worker_gets_its_own_gpu(raw_volume, checkpoint, tmp_path, monkeypatch, workers_per_gpu, expected):
+    """On a machine with two GPUs (faked: none is touched), worker i takes GPU
+    (i // workers_per_gpu) mod 2; threads_per_worker sets a CPU worker's torch threads."""
+    from neurosam.layout import WorkerSetup
+    from neurosam.pipeline.plan import plan_run
+    from neurosam.workers.predict import choose_device, cpu_threads
+
+    config = load_config(predict_config(tmp_path, raw_volume[0], checkpoint, workers_per_gpu=workers_per_gpu))
+    plan = plan_run(config, check_database=False)
+    task = plan.task_of_stage("predict")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    devices = [choose_device(WorkerSetup(plan, task, None, index)) for index in range(4)]
+    assert [device.index for device in devices] == expected and {d.type for d in devices} == {"cuda"}
+    assert cpu_threads(WorkerSetup(plan, task, None, 0)) == TILE["threads_per_worker"]
