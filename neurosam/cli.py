@@ -159,15 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from neurosam.pipeline.plan import InputError
+    from neurosam.pipeline.run import RunFailed
     from neurosam.rag import RagError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)
     try:
         args.handler(args)
     except (ConfigError, VolumeError, InputError, RagError) as error:
         print(f"neurosam: error: {error}", file=sys.stderr)
         return 2
+    except RunFailed as failure:
+        print(f"neurosam: error: the run did not finish:\n{failure}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("neurosam: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import daisy.v2 as daisy
@@ -24,6 +26,22 @@ logger = logging.getLogger(__name__)
 
 class RunFailed(RuntimeError):
     """Some blocks failed for good; the summary and the worker logs say which and why."""
+
+
+@contextmanager
+def stderr_to(path: Path):
+    """The scheduler's own messages (daisy's server logs every failed block with its traceback)
+    go to the run's log, not the console: the console gets progress and one final message."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
@@ -59,7 +77,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
 
     with open_rag(config.rag.url) as rag:
         done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
-    pipeline = build_pipeline(plan, plan_file, done_blocks, task_order)
+    pipeline, daisy_tasks = build_pipeline(plan, plan_file, done_blocks, task_order)
     # zarr decodes chunks in threads, and glibc gives each thread a malloc arena of its own where
     # freed block buffers pile up; with one arena they are reused, and a worker's peak memory
     # stops growing after its first blocks. Local workers and SLURM jobs inherit the variable.
@@ -68,24 +86,68 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     states = {}
     try:
         if pipeline is not None:
-            states = daisy.run_blockwise(
-                pipeline,
-                progress=ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress),
-                return_states=True,
-                host="127.0.0.1" if config.workers.launcher == "local" else None,
-                summary=False,
-            )
+            with stderr_to(log_dir / "scheduler.log"):
+                states = daisy.run_blockwise(
+                    pipeline,
+                    progress=ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress),
+                    return_states=True,
+                    host="127.0.0.1" if config.workers.launcher == "local" else None,
+                    summary=False,
+                )
     finally:
         cancel_submitted_jobs(config.work_dir)
-    summary = _write_summary(plan, config_path, task_order, states, time.time() - started)
-    failed = {task: s.last_worker_error for task, s in states.items() if s.completed_count < s.total_block_count}
-    if failed:
-        details = "\n".join(f"  {task}: {error}" for task, error in failed.items())
-        raise RunFailed(f"blocks failed (logs in {log_dir}):\n{details}")
+    failures = {
+        task_id: _failure(states[task_id], daisy_tasks[task_id], log_dir / task_id)
+        for task_id in task_order
+        if task_id in states and states[task_id].completed_count < states[task_id].total_block_count
+    }
+    summary = _write_summary(plan, config_path, task_order, states, time.time() - started, failures)
+    if failures:
+        raise RunFailed(_failure_message(failures, plan.work_dir / "summary.json"))
     return summary
 
 
-def _write_summary(plan: RunPlan, config_path: str, task_order: list[str], states, seconds: float) -> dict:
+MAX_BLOCKS_NAMED = 5
+
+
+def _last_line(traceback: str | None) -> str:
+    lines = [line.strip() for line in (traceback or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no error recorded"
+
+
+def _failure(state, task: daisy.Task, task_log_dir: Path) -> dict:
+    """What failed in one task: its failed blocks (daisy id, write ROI in nm), the first error,
+    and where the full tracebacks are."""
+    blocks = [{"block": block.block_id[1], "write_roi": str(block.write_roi)} for block in task.failed_blocks()]
+    return {
+        "failed": state.failed_count,
+        "not_run": state.total_block_count - state.completed_count - state.failed_count,
+        "blocks": blocks,
+        "first_error": _last_line(state.first_worker_error or state.abandon_reason),
+        "logs": str(task_log_dir),
+    }
+
+
+def _failure_message(failures: dict[str, dict], summary_path: Path) -> str:
+    lines = []
+    waiting = [task_id for task_id, failure in failures.items() if not failure["failed"]]
+    for task_id, failure in failures.items():
+        if not failure["failed"]:
+            continue
+        lines.append(f"task {task_id}: {failure['failed']} blocks failed, {failure['not_run']} not run")
+        for block in failure["blocks"][:MAX_BLOCKS_NAMED]:
+            lines.append(f"  block {block['block']}, write ROI {block['write_roi']} nm")
+        if len(failure["blocks"]) > MAX_BLOCKS_NAMED:
+            lines.append(f"  and {len(failure['blocks']) - MAX_BLOCKS_NAMED} more blocks (all in {summary_path})")
+        lines.append(f"  error: {failure['first_error']}")
+        lines.append(f"  tracebacks: {failure['logs']}/worker_*.err (the scheduler's log: {summary_path.parent / 'logs' / 'scheduler.log'})")
+    if waiting:
+        lines.append(f"not run, as they wait on the failed blocks: {', '.join(waiting)}")
+    lines.append("fix the cause and run the same command again: finished blocks are kept")
+    return "\n".join(lines)
+
+
+def _write_summary(plan: RunPlan, config_path: str, task_order: list[str], states, seconds: float, failures: dict) -> dict:
     """Per task, daisy's counts; a task left out of the run as finished counts as all skipped."""
     tasks = {}
     for task_id in task_order:
@@ -107,6 +169,8 @@ def _write_summary(plan: RunPlan, config_path: str, task_order: list[str], state
         "tasks": tasks,
         "segmentations": {f"{t:.4f}": segmentation_path(plan.config, t) for t in plan.config.segment.thresholds},
     }
+    if failures:
+        summary["failures"] = failures
     evaluation = plan.work_dir / "evaluation.json"
     if evaluation.exists():
         summary["evaluation"] = json.loads(evaluation.read_text())

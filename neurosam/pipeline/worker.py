@@ -20,16 +20,20 @@ def import_block_function(reference: str) -> Callable:
 
 
 def serve_task(plan_file: str, task_id: str) -> None:
-    """A block that raises is reported to the scheduler as failed (daisy retries it elsewhere)
-    and ends this worker with the error, which its log holds."""
+    """A block that raises is reported to the scheduler as failed, with its traceback in this
+    worker's log (daisy retries it up to ``workers.max_retries`` times), and the worker goes on
+    with the next block: one bad chunk must not end a task's workers."""
     plan = load_plan(plan_file)
     task = plan.tasks[task_id]
     block_function = import_block_function(task.block_function)
     client = daisy.Client()
     with open_rag(plan.config.rag.url) as rag, block_function(WorkerSetup(plan, task, rag, client.worker_id)) as process:
         while True:
-            with client.acquire_block() as block:
-                if block is None:
-                    return
-                process(block)
-                rag.mark_block_done(task_id, block.block_id[1])
+            try:
+                with client.acquire_block() as block:
+                    if block is None:
+                        return
+                    process(block)
+                    rag.mark_block_done(task_id, block.block_id[1])
+            except Exception:
+                continue
