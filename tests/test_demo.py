@@ -1,6 +1,6 @@
 """The embedded default: configs/demo.yaml goes from raw EM to scored neurons with nothing but
-the repository, and the shipped model segments its crop (the validation sections it never
-trained on) better than a model that learned nothing could."""
+the repository, the shipped model segments its crop (the validation sections it never trained
+on) better than a model that learned nothing could, and a rerun skips every block."""
 
 from __future__ import annotations
 
@@ -40,3 +40,7 @@ def test_demo_runs_from_raw_to_scored_neurons(tmp_path, capsys):
     assert f"best threshold {report['best_threshold']}: VOI {best['voi']:.3f}" in printed
     assert best["voi"] < SHIPPED_MODEL_VOI_BOUND
     assert (tmp_path / "segmentation.png").exists() and (tmp_path / "evaluation.png").exists()
+
+    assert main(["run", str(path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert all(counts["skipped_as_done"] == counts["blocks"] for counts in summary["tasks"].values())
