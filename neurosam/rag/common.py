@@ -112,10 +112,24 @@ def roi_bounds(roi: Roi) -> list[tuple[str, int, int]]:
     ]
 
 
+SECRET_QUERY_KEYS = ("password", "pass", "passwd", "secret", "token")
+
+
 def without_password(url: str) -> str:
-    """The URL to name in messages and logs."""
+    """The URL to name in messages and logs: a password in the user-info part or in the query
+    string (``?password=...``) shows as ***."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        pairs = [pair.partition("=") for pair in parts.query.split("&")]
+        masked = [f"{key}={'***' if key.lower() in SECRET_QUERY_KEYS else value}" if sep else key for key, sep, value in pairs]
+        parts = parts._replace(query="&".join(masked))
+    return urlunsplit(parts)
+
+
+def first_line(error: Exception, limit: int = 200) -> str:
+    """A driver's error as one readable line: pymongo's, for one, carries a topology dump."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = text.split(", Timeout:")[0].split(", Topology Description:")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,7 +21,7 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, roi_bounds, without_password
+from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, first_line, roi_bounds, without_password
 
 # pymongo waits 30 s for an unreachable server by default; a worker should fail sooner.
 FAST_FAIL_OPTIONS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
@@ -84,7 +84,7 @@ class MongoRag(RagStore):
             self.blocks_done.create_index([("task", 1), ("block_id", 1)], unique=True)
         except PyMongoError as error:
             self.close()
-            raise RagError(f"cannot open {self.name}: {error}") from error
+            raise RagError(f"cannot open {self.name}: {first_line(error)}") from error
 
     def _node_ids_in(self, roi: Roi) -> list[int]:
         return [document["_id"] for document in self.nodes.find(roi_query(roi), {"_id": 1})]
@@ -94,7 +94,7 @@ class MongoRag(RagStore):
             self.mark_block_done(WRITE_PROBE_TASK, 0)
             self.blocks_done.delete_many({"task": WRITE_PROBE_TASK})
         except PyMongoError as error:
-            raise RagError(f"cannot write to {self.name}: {error}") from error
+            raise RagError(f"cannot write to {self.name}: {first_line(error)}") from error
 
     def write_nodes(self, ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> None:
         updates = [

@@ -17,7 +17,7 @@ import numpy as np
 from funlib.geometry import Roi
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, roi_bounds
+from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, first_line, ids_from_db, node_rows, nodes_from_rows, roi_bounds
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS nodes ("
@@ -59,7 +59,7 @@ class SqlRag(RagStore):
                 for statement in SCHEMA:
                     cursor.execute(statement)
         except (self.database_error, OSError) as error:
-            raise RagError(f"cannot open {self.name}: {error}") from error
+            raise RagError(f"cannot open {self.name}: {first_line(error)}") from error
 
     @abstractmethod
     def _connect(self) -> Any:
@@ -92,7 +92,7 @@ class SqlRag(RagStore):
                 cursor.execute(self._sql(INSERT_BLOCK_DONE), (WRITE_PROBE_TASK, 0))
                 cursor.execute(self._sql("DELETE FROM blocks_done WHERE task = ?"), (WRITE_PROBE_TASK,))
         except self.database_error as error:
-            raise RagError(f"cannot write to {self.name}: {error}") from error
+            raise RagError(f"cannot write to {self.name}: {first_line(error)}") from error
 
     def write_nodes(self, ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> None:
         rows = node_rows(ids, positions, sizes)
