@@ -118,7 +118,10 @@ def _world_metadata(
         voxel_size = attrs["resolution"]
     if offset is None:
         offset = attrs.get("offset", (0,) * SPATIAL_DIMS)
-    return _whole_nm(voxel_size, "voxel size", where), _whole_nm(offset, "offset", where)
+    voxel_size = _whole_nm(voxel_size, "voxel size", where)
+    if min(voxel_size) <= 0:
+        raise ConvertError(f"{where}: voxel size {tuple(voxel_size)} nm must be positive along every axis")
+    return voxel_size, _whole_nm(offset, "offset", where)
 
 
 def _store(

@@ -150,6 +150,18 @@ def test_missing_voxel_size_names_the_dataset(tmp_path):
         convert(tmp_path / "stack.tif", None, tmp_path / "out.zarr" / "raw")
 
 
+@pytest.mark.parametrize("voxel_size", [(0, 8, 8), (-40, 8, 8)])
+def test_voxel_size_that_is_not_positive_is_one_line_before_any_write(tmp_path, capsys, voxel_size):
+    from neurosam.cli import main
+
+    write_h5(tmp_path / "in.h5", "raw", np.zeros((2, 2, 2), np.uint8))
+    code = main(["convert", str(tmp_path / "in.h5"), str(tmp_path / "out.zarr" / "raw"), "--dataset", "raw",
+                 "--voxel-size", *map(str, voxel_size)])
+    error = capsys.readouterr().err
+    assert code == 2 and len(error.splitlines()) == 1 and "must be positive" in error
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_existing_output_of_another_shape_is_not_overwritten(tmp_path):
     write_h5(tmp_path / "in.h5", "small", np.ones((2, 2, 2), np.uint8), resolution=[1, 1, 1])
     write_h5(tmp_path / "in.h5", "large", np.ones((3, 2, 2), np.uint8), resolution=[1, 1, 1])

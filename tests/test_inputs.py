@@ -158,3 +158,12 @@ def test_failed_blocks_give_a_short_error_naming_them(tmp_path, inputs):
 
     chunk.write_bytes(intact)
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+
+
+def test_work_dir_that_is_a_file_is_named_before_the_database_is_touched(tmp_path, inputs, capsys):
+    (tmp_path / "taken").write_text("not a directory")
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20))
+    edit_config(path, lambda c: c.update(work_dir=str(tmp_path / "taken"), rag={"url": f"sqlite:///{tmp_path / 'rag.db'}"}))
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "is a file, not a directory" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "rag.db").exists()

@@ -174,6 +174,8 @@ def _task_layout(stage: Stage, task_id: str, plan: RunPlan) -> TaskLayout:
 
 
 def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
+    if config.work_dir.exists() and not config.work_dir.is_dir():
+        raise InputError(f"work_dir {config.work_dir} is a file, not a directory")
     if config.predict is not None:
         voxel_size, source_roi, offsets = _predicted_affinities(config)
         source = "raw"
