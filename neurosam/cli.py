@@ -84,33 +84,40 @@ def _export(args) -> None:
     print(f"wrote {args.output} (trained on voxels of {kept.get('voxel_size')} nm, step {kept.get('step')})")
 
 
+RUN_CONFIG_HELP = "the run's config (YAML), e.g. configs/demo.yaml"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neurosam", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="neurosam",
+        description="Block-wise neuron segmentation of EM volumes, from raw to neurons. Every command that takes a "
+        "config validates it first; input errors are one line naming the problem, with exit status 2.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every stage of a config (resumes where a run stopped)")
-    run.add_argument("config")
+    run.add_argument("config", help=RUN_CONFIG_HELP)
     run.add_argument("--until", choices=stage_names(), help="stop after this stage")
     run.set_defaults(handler=_run)
     for stage in stage_names():
         command = commands.add_parser(stage, help=f"run the stages up to and including {stage}")
-        command.add_argument("config")
+        command.add_argument("config", help=RUN_CONFIG_HELP)
         command.set_defaults(handler=_stage)
 
     status = commands.add_parser("status", help="blocks done / total per task")
-    status.add_argument("config")
+    status.add_argument("config", help=RUN_CONFIG_HELP)
     status.set_defaults(handler=_status)
 
     worker = commands.add_parser("worker", help="process blocks for a running scheduler (used by the SLURM launcher)")
     worker.add_argument("plan", help="the run's plan.json, written by the scheduler")
-    worker.add_argument("--task", required=True)
+    worker.add_argument("--task", required=True, help="the task id (stage-fingerprint) whose blocks to serve")
     worker.set_defaults(handler=_worker)
 
     classical = commands.add_parser(
         "classical-example", help="segment the bundled gala crop from its classical boundary map (no network)"
     )
-    classical.add_argument("--work-dir", default="runs/classical_example")
+    classical.add_argument("--work-dir", default="runs/classical_example", help="where its volumes, config and results go")
     classical.set_defaults(handler=_classical_example)
 
     convert = commands.add_parser("convert", help="HDF5 or TIFF stack to zarr, chunk by chunk")
@@ -134,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
             "panel; double-click selects a segment."
         ),
     )
-    view.add_argument("config")
+    view.add_argument("config", help=RUN_CONFIG_HELP)
     view.add_argument(
         "--threshold", type=float,
         help="segmentation to show (default: the best-scoring one in work_dir/evaluation.json, else the middle of segment.thresholds)",
@@ -147,12 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     view.set_defaults(handler=_view)
 
     train = commands.add_parser("train", help="train the affinity network from a training config")
-    train.add_argument("config")
+    train.add_argument("config", help="a training config (YAML), e.g. configs/train_medulla_unet.yaml; rerun to resume")
     train.set_defaults(handler=_train)
 
     export = commands.add_parser("export", help="a training checkpoint as a model to predict with (weights, config, voxel size; no optimizer)")
-    export.add_argument("checkpoint")
-    export.add_argument("output")
+    export.add_argument("checkpoint", help="a training checkpoint, e.g. output_dir/checkpoints/best.pt")
+    export.add_argument("output", help="where the model to predict with goes (.pt)")
     export.set_defaults(handler=_export)
     return parser
 
