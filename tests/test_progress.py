@@ -26,3 +26,14 @@ def test_progress_lines_give_done_total_rate_and_eta(tmp_path, monkeypatch):
     assert lines.index(progress_line) < len(lines) - 2
     assert "40/40" in lines[-2] and "100.0%" in lines[-2]
     assert "fragments-b" in lines[-1] and "6/8" in lines[-1] and "failed 2" in lines[-1]
+
+
+def test_the_last_lines_are_not_printed_twice(tmp_path, monkeypatch):
+    clock = iter([0.0, 10.0, 11.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    log = ProgressLog(["a", "b"], tmp_path / "progress.log", echo=False)
+    log.on_start({"a": state(0, 4), "b": state(0, 4, processing=0)})
+    log.on_progress({"a": state(4, 4), "b": state(4, 4)})
+    log.on_finish({"a": state(4, 4), "b": state(4, 4)})
+    lines = (tmp_path / "progress.log").read_text().splitlines()
+    assert sum("4/4" in line for line in lines) == 2

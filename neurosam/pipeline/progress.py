@@ -41,12 +41,17 @@ class ProgressLog:
                 line += f"  {rate:6.2f} blocks/s  ETA {_duration((total - done) / rate)}"
         return line
 
-    def _report(self, states, force: bool = False) -> None:
+    def _report(self, states, now_anyway: bool = False, every_task: bool = False) -> None:
+        """Tasks whose count moved since their last line (every task at the start), at most
+        every ``interval_seconds`` unless ``now_anyway``."""
         now = time.monotonic()
-        if not force and now - self.last_report < self.interval_seconds:
+        if not now_anyway and now - self.last_report < self.interval_seconds:
             return
         self.last_report = now
-        changed = [t for t in self.task_order if t in states and (force or states[t].completed_count != self.reported.get(t))]
+        changed = [
+            t for t in self.task_order
+            if t in states and (every_task or states[t].completed_count != self.reported.get(t))
+        ]
         if not changed:
             return
         lines = [self._line(task_id, states[task_id], now) for task_id in changed]
@@ -59,10 +64,10 @@ class ProgressLog:
             print(text, end="", flush=True)
 
     def on_start(self, states) -> None:
-        self._report(states, force=True)
+        self._report(states, now_anyway=True, every_task=True)
 
     def on_progress(self, states) -> None:
         self._report(states)
 
     def on_finish(self, states) -> None:
-        self._report(states, force=True)
+        self._report(states, now_anyway=True)
