@@ -146,9 +146,15 @@ class AgglomerateConfig(StrictModel):
     def _names(cls, scoring_functions: dict[str, str]) -> dict[str, str]:
         if not scoring_functions:
             raise ValueError("at least one scoring function is needed")
-        for name in scoring_functions:
+        from neurosam.scoring import ScoringFunctionError, check_scoring_function
+
+        for name, function in scoring_functions.items():
             if not name.isidentifier():
                 raise ValueError(f"scoring function name {name!r} must be an identifier")
+            try:
+                check_scoring_function(function)
+            except ScoringFunctionError as error:
+                raise ValueError(f"{name}: not a waterz scoring function ({error})") from None
         return scoring_functions
 
 

@@ -167,3 +167,30 @@ def test_work_dir_that_is_a_file_is_named_before_the_database_is_touched(tmp_pat
     code, error = run_cli(path, capsys)
     assert code == 2 and "is a file, not a directory" in error and len(error.splitlines()) == 1
     assert not (tmp_path / "rag.db").exists()
+
+
+@pytest.mark.parametrize("function, message", [
+    ('OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>; system("touch /tmp/pwned");', "unexpected"),
+    ("OneMinus<HistogramQuantileAffinity<RegionGraphType, 150, ScoreValue, 256>>", "integer in [0, 100]"),
+    ("OneMinus<Evil<RegionGraphType>>", "'Evil' is not a waterz scoring function"),
+    ("OneMinus<MeanAffinity<RegionGraphType, int>>", "takes ScoreValue here"),
+])
+def test_scoring_functions_outside_waterz_grammar_are_refused(tmp_path, inputs, capsys, function, message):
+    """waterz compiles scoring functions as C++: a config must not smuggle code into them."""
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), agglomerate={"scoring_functions": {"evil": function}})
+    edit_config(path, lambda c: c.update(segment={"scoring_function": "evil"}))
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "agglomerate.scoring_functions" in error and message in error
+    assert not (tmp_path / "run" / "out.zarr").exists()
+
+
+def test_scoring_function_that_needs_compiling_without_boost_is_refused_up_front(tmp_path, inputs, capsys, monkeypatch):
+    from neurosam import scoring
+
+    monkeypatch.setattr(scoring, "compiler_can_build", lambda: False)
+    function = "OneMinus<MaxAffinity<RegionGraphType, ScoreValue>>"
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), agglomerate={"scoring_functions": {"max": function}})
+    edit_config(path, lambda c: c.update(segment={"scoring_function": "max"}))
+    code, error = run_cli(path, capsys)
+    assert code == 2 and "libboost-dev" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "run" / "out.zarr").exists()
