@@ -205,6 +205,8 @@ def test_blocks_done(rag):
     rag.check_writable()
     assert rag.done_blocks("fragments") == {3, 5}
     assert rag.done_blocks("agglomerate") == {3}
+    rag.forget_blocks("fragments")
+    assert rag.done_blocks("fragments") == set() and rag.done_blocks("agglomerate") == {3}
 
 
 def test_ids_from_2_to_the_63_are_refused(rag):

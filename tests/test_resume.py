@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from neurosam.config import load_config
 from neurosam.pipeline.run import run_pipeline
@@ -121,3 +122,21 @@ def test_worker_killed_mid_block_is_replaced_and_its_block_redone(inputs, refere
     redone = [p for p in attempts.glob(f"finished-{block}-*")]
     assert len(redone) == 1 and redone[0].name != f"finished-{victim}"
     assert_same_results(config, reference)
+
+
+def test_output_overwritten_by_another_config_is_redone(inputs, reference, tmp_path):
+    """Config A runs; config B (another context) writes into A's output datasets from its own
+    work dir; A run again must not count its blocks as done, and ends with A's results."""
+    path_a = write_config(tmp_path / "a", inputs, **BLOCKS, segment=SEGMENT)
+    run_pipeline(path_a, echo_progress=False)
+    config_a = load_config(path_a)
+    path_b = write_config(tmp_path / "b", inputs, BLOCKS["block_size"], (100, 100, 100), segment=SEGMENT)
+    edit = yaml.safe_load(path_b.read_text())
+    edit["datasets"].update(fragments=config_a.datasets.fragments, segmentation=config_a.datasets.segmentation)
+    path_b.write_text(yaml.safe_dump(edit))
+    run_pipeline(path_b, echo_progress=False)
+
+    summary = run_pipeline(path_a, echo_progress=False)
+    for task, counts in summary["tasks"].items():
+        assert counts["skipped_as_done"] == 0, task
+    assert_same_results(config_a, reference)

@@ -21,6 +21,9 @@ from neurosam.rag import open_rag
 from neurosam.volumes import array_attrs, create_array, dataset_exists, describe, open_array
 
 MAX_CHUNK_VOXELS = 64
+WRITER_ATTRIBUTE = "neurosam_task"
+"""Every output records the id of the task that writes it: a run whose output another task
+overwrote since must not trust its record of finished blocks."""
 LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64", "int32", "int64"))
 
 
@@ -262,16 +265,34 @@ def _check_output(output: OutputArray, plan: RunPlan) -> None:
         )
 
 
+def _outputs_by_task(plan: RunPlan) -> list[tuple[str, OutputArray]]:
+    ids = task_ids(plan.config)
+    return [(ids[stage.name], output) for stage in stages_for(plan.config) for output in stage.outputs(plan)]
+
+
+def overwritten_outputs(plan: RunPlan) -> dict[str, str]:
+    """Task id -> which of its outputs another task (another config into the same datasets)
+    wrote since: that task's finished blocks are no longer in its output."""
+    overwritten = {}
+    for task_id, output in _outputs_by_task(plan):
+        if dataset_exists(output.path):
+            writer = array_attrs(open_array(output.path)).get(WRITER_ATTRIBUTE)
+            if writer is not None and writer != task_id:
+                overwritten.setdefault(task_id, f"{output.role} {output.path} was last written by task {writer}")
+    return overwritten
+
+
 def prepare_outputs(plan: RunPlan) -> None:
-    """Create the missing output arrays; existing ones (a resumed run) were checked by
-    ``plan_run`` and are kept as they are."""
+    """Create the missing output arrays, and record in each which task writes it; existing ones
+    (a resumed run) were checked by ``plan_run`` and keep their voxels."""
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    for stage in stages_for(plan.config):
-        for output in stage.outputs(plan):
-            if not dataset_exists(output.path):
-                create_array(
-                    output.path, plan.volume_roi, plan.voxel_size, output.dtype,
-                    channels=output.channels[0] if output.channels else None,
-                    chunk_voxels=output_chunk_voxels(output.block_size, plan.voxel_size),
-                    attrs=output.attrs or None,
-                )
+    for task_id, output in _outputs_by_task(plan):
+        if dataset_exists(output.path):
+            open_array(output.path, mode="r+")._source_data.attrs[WRITER_ATTRIBUTE] = task_id
+        else:
+            create_array(
+                output.path, plan.volume_roi, plan.voxel_size, output.dtype,
+                channels=output.channels[0] if output.channels else None,
+                chunk_voxels=output_chunk_voxels(output.block_size, plan.voxel_size),
+                attrs={**output.attrs, WRITER_ATTRIBUTE: task_id},
+            )

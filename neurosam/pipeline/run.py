@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from daisy import logging as daisy_logging
 
 from neurosam.config import load_config
 from neurosam.layout import RunPlan, segmentation_path
-from neurosam.pipeline.plan import plan_run, prepare_outputs
+from neurosam.pipeline.plan import overwritten_outputs, plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
 from neurosam.pipeline.stages import stages_for
 from neurosam.pipeline.tasks import block_count, build_pipeline
@@ -44,6 +45,22 @@ def stderr_to(path: Path):
             os.close(saved)
 
 
+def forget_overwritten(plan: RunPlan) -> None:
+    """A task whose output another task overwrote since redoes its blocks, and so does every
+    task after it (they read it, or their records depend on its RAG rows)."""
+    overwritten = overwritten_outputs(plan)
+    order = [task_id for task_id in plan.tasks]
+    if not overwritten:
+        return
+    first = min(order.index(task_id) for task_id in overwritten)
+    with open_rag(plan.config.rag.url) as rag:
+        for task_id in order[first:]:
+            rag.forget_blocks(task_id)
+            shutil.rmtree(plan.work_dir / "tracking" / task_id, ignore_errors=True)
+    for task_id, why in overwritten.items():
+        logger.warning("%s: the blocks of %s and of the tasks after it are done again", why, task_id)
+
+
 def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
     """Task ids in pipeline order, up to and including the stage ``until`` (all by default)."""
     names = [stage.name for stage in stages_for(plan.config)]
@@ -68,6 +85,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     cancel_submitted_jobs(config.work_dir)
     plan = plan_run(config)
     task_order = tasks_until(plan, until)
+    forget_overwritten(plan)
     prepare_outputs(plan)
     plan_file = str(plan.save())
     log_dir = config.work_dir / "logs"

@@ -69,6 +69,10 @@ class RagStore(ABC):
     def done_blocks(self, task: str) -> set[int]: ...
 
     @abstractmethod
+    def forget_blocks(self, task: str) -> None:
+        """Drop the record of a task's finished blocks: its output was overwritten since."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def __enter__(self) -> "RagStore":

@@ -92,7 +92,7 @@ class MongoRag(RagStore):
     def check_writable(self) -> None:
         try:
             self.mark_block_done(WRITE_PROBE_TASK, 0)
-            self.blocks_done.delete_many({"task": WRITE_PROBE_TASK})
+            self.forget_blocks(WRITE_PROBE_TASK)
         except PyMongoError as error:
             raise RagError(f"cannot write to {self.name}: {first_line(error)}") from error
 
@@ -173,6 +173,9 @@ class MongoRag(RagStore):
 
     def done_blocks(self, task: str) -> set[int]:
         return {d["block_id"] for d in self.blocks_done.find({"task": task}, {"block_id": 1})}
+
+    def forget_blocks(self, task: str) -> None:
+        self.blocks_done.delete_many({"task": task})
 
     def close(self) -> None:
         if self.owns_client and self.client is not None:

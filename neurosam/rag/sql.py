@@ -39,6 +39,7 @@ UPSERT_EDGE = (
     "ON CONFLICT (u, v, scoring) DO UPDATE SET score = excluded.score"
 )
 INSERT_BLOCK_DONE = "INSERT INTO blocks_done (task, block_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
+DELETE_BLOCKS_DONE = "DELETE FROM blocks_done WHERE task = ?"
 
 WRITE_PROBE_TASK = "neurosam-check-writable"
 
@@ -90,7 +91,7 @@ class SqlRag(RagStore):
         try:
             with self._transaction() as cursor:
                 cursor.execute(self._sql(INSERT_BLOCK_DONE), (WRITE_PROBE_TASK, 0))
-                cursor.execute(self._sql("DELETE FROM blocks_done WHERE task = ?"), (WRITE_PROBE_TASK,))
+                cursor.execute(self._sql(DELETE_BLOCKS_DONE), (WRITE_PROBE_TASK,))
         except self.database_error as error:
             raise RagError(f"cannot write to {self.name}: {first_line(error)}") from error
 
@@ -161,6 +162,10 @@ class SqlRag(RagStore):
 
     def done_blocks(self, task: str) -> set[int]:
         return {row[0] for row in self._read("SELECT block_id FROM blocks_done WHERE task = ?", (task,))}
+
+    def forget_blocks(self, task: str) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(DELETE_BLOCKS_DONE), (task,))
 
     def close(self) -> None:
         self.connection.close()
