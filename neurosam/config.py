@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -198,12 +199,30 @@ class RunConfig(StrictModel):
         return self
 
     def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named sections: a task's done markers live under it, so changing
-        what a task depends on starts it afresh instead of silently reusing old blocks."""
-        payload = json.dumps(
-            {name: _jsonable(getattr(self, name)) for name in sections}, sort_keys=True, default=str
-        )
+        """A short hash of the named sections: a task's done records live under it, so changing
+        what a task depends on starts it afresh instead of silently reusing old blocks. Dataset
+        paths count relative to the work dir, so a run moved with its data keeps its records."""
+        values = {name: _jsonable(getattr(self, name)) for name in sections}
+        if "datasets" in values:
+            values["datasets"] = {
+                role: None if path is None else os.path.relpath(path, self.work_dir)
+                for role, path in values["datasets"].items()
+            }
+        if values.get("predict") is not None:
+            values["predict"] = {**values["predict"], "checkpoint": _content_hash(self.predict.checkpoint)}
+        payload = json.dumps(values, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def _content_hash(path: Path) -> str | None:
+    """A model is known by its bytes, not its path: retraining into the same file is a new model."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _jsonable(value):

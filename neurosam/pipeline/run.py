@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -56,7 +55,6 @@ def forget_overwritten(plan: RunPlan) -> None:
     with open_rag(plan.config.rag.url) as rag:
         for task_id in order[first:]:
             rag.forget_blocks(task_id)
-            shutil.rmtree(plan.work_dir / "tracking" / task_id, ignore_errors=True)
     for task_id, why in overwritten.items():
         logger.warning("%s: the blocks of %s and of the tasks after it are done again", why, task_id)
 
@@ -91,7 +89,6 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     log_dir = config.work_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     daisy_logging.set_log_basedir(log_dir)
-    daisy.set_tracking_basedir(config.work_dir / "tracking")
 
     with open_rag(config.rag.url) as rag:
         done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}

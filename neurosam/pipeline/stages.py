@@ -106,7 +106,7 @@ STAGES: list[Stage] = [
     ),
     Stage(
         "fragments", "neurosam.workers.fragments:fragments_blocks", post_processing_blocks,
-        sections=("datasets", "roi", "blocks", "rag", "fragments"), outputs=_fragments_output,
+        sections=("datasets", "roi", "blocks", "fragments"), outputs=_fragments_output,
     ),
     Stage("agglomerate", "neurosam.workers.agglomerate:agglomerate_blocks", post_processing_blocks, sections=("agglomerate",)),
     Stage("segment", "neurosam.workers.segment:segment_blocks", whole_volume, sections=("segment",)),

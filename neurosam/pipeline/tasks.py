@@ -1,9 +1,9 @@
 """The run as daisy tasks, built from the plan's task layouts, with done blocks skipped.
 
-Done markers are kept per task id (see ``plan.task_ids``), so a changed parameter starts its
-task afresh. The RAG's record of finished blocks, by daisy block id, becomes daisy's
-``skip_mask``: one query per task at start, and it covers a run killed between a worker's
-record and daisy's own marker.
+A block is done when the RAG records it, under its task id (see ``plan.task_ids``), so a changed
+parameter starts its task afresh. That record, by daisy block id, becomes daisy's ``skip_mask``:
+one query per task at start. daisy keeps no markers of its own, so the record of a run's
+progress lives with its data: another database means blocks not done.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def daisy_task(task: TaskLayout, process_function, max_workers: int, max_retries
         max_workers=max_workers,
         max_retries=max_retries,
         skip_mask=mask,
+        tracking_path=False,
     )
 
 
