@@ -23,6 +23,7 @@ demo: install
 services:
 	bash scripts/start_postgres.sh
 	bash scripts/start_slurm.sh
+	bash scripts/install_chromium.sh
 
 test: install services
 	$(BIN)/python -m pytest -q -ra
