@@ -11,7 +11,7 @@ from funlib.geometry import Roi
 from neurosam.cli import main
 from neurosam.volumes import VolumeError, create_array, dataset_exists, open_array, split_dataset_path
 from neurosam.layout import StoredArray
-from pipeline_support import SHARED_DATA, read_h5
+from pipeline_support import data_file, read_h5
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
@@ -76,11 +76,11 @@ def test_paths_and_errors(tmp_path):
 
 def test_convert_command_writes_zarr_v2_with_world_metadata(tmp_path, capsys):
     output = tmp_path / "out.zarr" / "raw"
-    assert main(["convert", str(SHARED_DATA / "snemi3d_mini.h5"), str(output), "--dataset", "membrane_prob", "--zarr-format", "2"]) == 0
+    assert main(["convert", str(data_file("gala_fib_train.h5")), str(output), "--dataset", "raw", "--zarr-format", "2"]) == 0
     assert json.loads((output / ".zarray").read_text())["zarr_format"] == 2
-    expected, voxel_size = read_h5("snemi3d_mini.h5", "membrane_prob")
+    expected, voxel_size = read_h5("gala_fib_train.h5", "raw")
     array = open_array(output)
     assert array.voxel_size == voxel_size
     np.testing.assert_array_equal(array[array.roi], expected)
-    assert main(["convert", str(SHARED_DATA / "snemi3d_mini.h5"), str(output), "--dataset", "nothing"]) == 2
+    assert main(["convert", str(data_file("gala_fib_train.h5")), str(output), "--dataset", "nothing"]) == 2
     assert "nothing" in capsys.readouterr().err
