@@ -19,6 +19,7 @@ from neurosam.pipeline.plan import overwritten_outputs, plan_run, prepare_output
 from neurosam.pipeline.progress import ProgressLog
 from neurosam.pipeline.stages import stages_for
 from neurosam.pipeline.tasks import block_count, build_pipeline
+from neurosam.pipeline.worker import FAILED_BLOCKS
 from neurosam.rag import open_rag
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,10 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
 
     with open_rag(config.rag.url) as rag:
         done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
-    pipeline, daisy_tasks = build_pipeline(plan, plan_file, done_blocks, task_order)
+    pipeline = build_pipeline(plan, plan_file, done_blocks, task_order)
+    for task_id in task_order:
+        for stale in (log_dir / task_id).glob(FAILED_BLOCKS):
+            stale.unlink()
     # zarr decodes chunks in threads, and glibc gives each thread a malloc arena of its own where
     # freed block buffers pile up; with one arena they are reused, and a worker's peak memory
     # stops growing after its first blocks. Local workers and SLURM jobs inherit the variable.
@@ -111,11 +115,9 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
                 )
     finally:
         cancel_submitted_jobs(config.work_dir)
-    failures = {
-        task_id: _failure(states[task_id], daisy_tasks[task_id], log_dir / task_id)
-        for task_id in task_order
-        if task_id in states and states[task_id].completed_count < states[task_id].total_block_count
-    }
+    unfinished = [t for t in task_order if t in states and states[t].completed_count < states[t].total_block_count]
+    with open_rag(config.rag.url) as rag:
+        failures = {task_id: _failure(states[task_id], rag.done_blocks(task_id), log_dir / task_id) for task_id in unfinished}
     summary = _write_summary(plan, config_path, task_order, states, time.time() - started, failures)
     if failures:
         raise RunFailed(_failure_message(failures, plan.work_dir / "summary.json"))
@@ -130,15 +132,21 @@ def _last_line(traceback: str | None) -> str:
     return lines[-1] if lines else "no error recorded"
 
 
-def _failure(state, task: daisy.Task, task_log_dir: Path) -> dict:
-    """What failed in one task: its failed blocks (daisy id, write ROI in nm), the first error,
-    and where the full tracebacks are."""
-    blocks = [{"block": block.block_id[1], "write_roi": str(block.write_roi)} for block in task.failed_blocks()]
+def _failure(state, done: set[int], task_log_dir: Path) -> dict:
+    """What failed in one task: its failed blocks as its workers recorded them (daisy id, write
+    ROI in nm, the first error of each), and where the full tracebacks are."""
+    blocks: dict[int, dict] = {}
+    for record_file in sorted(task_log_dir.glob(FAILED_BLOCKS)):
+        for line in record_file.read_text().splitlines():
+            record = json.loads(line)
+            if record["block"] not in done:
+                blocks.setdefault(record["block"], record)
+    first_error = next(iter(blocks.values()))["error"] if blocks else _last_line(state.first_worker_error or state.abandon_reason)
     return {
         "failed": state.failed_count,
         "not_run": state.total_block_count - state.completed_count - state.failed_count,
-        "blocks": blocks,
-        "first_error": _last_line(state.first_worker_error or state.abandon_reason),
+        "blocks": list(blocks.values()),
+        "first_error": first_error,
         "logs": str(task_log_dir),
     }
 
@@ -151,7 +159,7 @@ def _failure_message(failures: dict[str, dict], summary_path: Path) -> str:
             continue
         lines.append(f"task {task_id}: {failure['failed']} blocks failed, {failure['not_run']} not run")
         for block in failure["blocks"][:MAX_BLOCKS_NAMED]:
-            lines.append(f"  block {block['block']}, write ROI {block['write_roi']} nm")
+            lines.append(f"  block {block['block']}, write ROI {block['write_roi']} nm: {block['error'][:120]}")
         if len(failure["blocks"]) > MAX_BLOCKS_NAMED:
             lines.append(f"  and {len(failure['blocks']) - MAX_BLOCKS_NAMED} more blocks (all in {summary_path})")
         lines.append(f"  error: {failure['first_error']}")

@@ -55,16 +55,13 @@ def daisy_task(task: TaskLayout, process_function, max_workers: int, max_retries
     )
 
 
-def build_pipeline(
-    plan: RunPlan, plan_file: str, done_blocks: dict[str, set[int]], task_order: list[str]
-) -> tuple[daisy.Pipeline | None, dict[str, daisy.Task]]:
-    """The daisy pipeline of the tasks with blocks left to do (None when there are none), and its
-    daisy tasks by id: a finished task is left out, as daisy would still start its workers only
-    to skip every block."""
+def build_pipeline(plan: RunPlan, plan_file: str, done_blocks: dict[str, set[int]], task_order: list[str]) -> daisy.Pipeline | None:
+    """The daisy pipeline of the tasks with blocks left to do (None when there are none): a
+    finished task is left out, as daisy would still start its workers only to skip every block."""
     from neurosam.pipeline.launchers import make_process_function
 
     workers = plan.config.workers
-    pipeline, daisy_tasks = None, {}
+    pipeline = None
     for task_id in task_order:
         task = plan.tasks[task_id]
         mask = skip_mask(task, done_blocks.get(task_id, set()))
@@ -72,6 +69,5 @@ def build_pipeline(
             continue
         process_function = make_process_function(plan, plan_file, task)
         daisy_view = daisy_task(task, process_function, workers.count_for(task.stage), workers.max_retries, mask)
-        daisy_tasks[task_id] = daisy_view
         pipeline = daisy.Pipeline.from_task(daisy_view) if pipeline is None else pipeline + daisy_view
-    return pipeline, daisy_tasks
+    return pipeline

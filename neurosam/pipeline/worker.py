@@ -6,12 +6,23 @@ block in the RAG by its daisy block id.
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import traceback
+from pathlib import Path
 from typing import Callable
 
 import daisy.v2 as daisy
 
 from neurosam.layout import WorkerSetup, load_plan
 from neurosam.rag import open_rag
+
+FAILED_BLOCKS = "failed_blocks-*.jsonl"
+
+
+def failed_blocks_file(work_dir: Path, task_id: str) -> Path:
+    """Where a worker process records the blocks it failed, one JSON line each, beside its logs."""
+    return Path(work_dir) / "logs" / task_id / f"failed_blocks-{os.getpid()}.jsonl"
 
 
 def import_block_function(reference: str) -> Callable:
@@ -29,11 +40,23 @@ def serve_task(plan_file: str, task_id: str) -> None:
     client = daisy.Client()
     with open_rag(plan.config.rag.url) as rag, block_function(WorkerSetup(plan, task, rag, client.worker_id)) as process:
         while True:
+            block = None
             try:
                 with client.acquire_block() as block:
                     if block is None:
                         return
                     process(block)
                     rag.mark_block_done(task_id, block.block_id[1])
-            except Exception:
-                continue
+            except Exception as error:
+                if block is None:
+                    raise
+                record_failure(plan.work_dir, task_id, block, error)
+
+
+def record_failure(work_dir: Path, task_id: str, block, error: Exception) -> None:
+    path = failed_blocks_file(work_dir, task_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    message = traceback.format_exception_only(type(error), error)[-1].strip()
+    record = {"block": block.block_id[1], "write_roi": str(block.write_roi), "error": message}
+    with open(path, "a") as file:
+        file.write(json.dumps(record) + "\n")
