@@ -88,7 +88,9 @@ def main() -> None:
     print(f"network: {model_config.architecture}, {parameters:,} parameters; levels {model_config.unet.channels} channels, "
           f"downsampling {model_config.unet.downsample}, GroupNorm {model_config.unet.normalise}")
     print(f"affinity offsets (z, y, x voxels): {model_config.offsets}")
-    print(f"trained on voxels of {extra.get('voxel_size')} nm: {train_config['data']['raw']} z {train_config['data']['train_z']}, "
+    raw = Path(train_config["data"]["raw"])
+    raw = raw.relative_to(REPO) if raw.is_relative_to(REPO) else raw
+    print(f"trained on voxels of {extra.get('voxel_size')} nm: {raw} z {train_config['data']['train_z']}, "
           f"validated on z {train_config['data']['validation_z']}")
     print(f"recipe: {train_config['iterations']} iterations, batch {train_config['batch_size']}, patch {train_config['patch_shape']}, "
           f"AdamW lr {train_config['lr']} ({train_config['lr_schedule']}, warm-up {train_config['warmup_iterations']}), "
