@@ -85,8 +85,8 @@ def predict_volume(
     """Affinities in [0, 1] (C, Z, Y, X) of a whole volume (Z, Y, X, float in [0, 1]), padded
     by reflection so that every voxel gets a prediction with full context."""
     context = np.asarray(tile_context)
-    counts = tile_counts(raw.shape, tile_core(tile_shape, context))
     core = tile_core(tile_shape, context)
+    counts = tile_counts(raw.shape, core)
     padding = [(c, n * k - s + c) for c, n, k, s in zip(context, counts, core, raw.shape)]
     padded = np.pad(raw, padding, mode="reflect")
     result = predict_tiles(model, padded, tile_shape, context, device, autocast_dtype, tile_batch)
