@@ -132,10 +132,6 @@ class TaskLayout:
     read_roi: Roi
     write_roi: Roi
 
-    @property
-    def context(self) -> Coordinate:
-        return self.write_roi.offset - self.read_roi.offset
-
     def to_json(self) -> dict:
         return {
             "task_id": self.task_id,

@@ -132,7 +132,3 @@ def stage_names() -> list[str]:
 
 def stages_for(config: RunConfig) -> list[Stage]:
     return [stage for stage in STAGES if stage.enabled(config)]
-
-
-def stage_named(name: str) -> Stage:
-    return next(stage for stage in STAGES if stage.name == name)
