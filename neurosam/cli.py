@@ -61,6 +61,10 @@ def _view(args) -> None:
 
     config = load_config(args.config)
     threshold = args.threshold if args.threshold is not None else default_threshold(config)
+    if not any(abs(threshold - t) < 1e-9 for t in config.segment.thresholds):
+        raise ConfigError(
+            f"--threshold {threshold:g}: this run segments at {', '.join(f'{t:g}' for t in config.segment.thresholds)} only"
+        )
     if not args.png:
         serve(open_viewer(config, threshold, bind=args.bind, port=args.port))
         return

@@ -194,3 +194,10 @@ def test_scoring_function_that_needs_compiling_without_boost_is_refused_up_front
     code, error = run_cli(path, capsys)
     assert code == 2 and "libboost-dev" in error and len(error.splitlines()) == 1
     assert not (tmp_path / "run" / "out.zarr").exists()
+
+
+def test_view_at_a_threshold_the_run_does_not_have_lists_those_it_has(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), segment={"thresholds": [0.3, 0.5]})
+    assert main(["view", str(path), "--threshold", "0.55", "--png"]) == 2
+    error = capsys.readouterr().err
+    assert "0.55" in error and "0.3, 0.5" in error and len(error.splitlines()) == 1
