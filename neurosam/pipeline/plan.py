@@ -266,7 +266,8 @@ def _check_output(output: OutputArray, plan: RunPlan) -> None:
 
 
 def _outputs_by_task(plan: RunPlan) -> list[tuple[str, OutputArray]]:
-    ids = task_ids(plan.config)
+    """The planned task ids, not fingerprints worked out again (that hashes the model's bytes)."""
+    ids = {task.stage: task_id for task_id, task in plan.tasks.items()}
     return [(ids[stage.name], output) for stage in stages_for(plan.config) for output in stage.outputs(plan)]
 
 

@@ -49,9 +49,9 @@ def forget_overwritten(plan: RunPlan) -> None:
     """A task whose output another task overwrote since redoes its blocks, and so does every
     task after it (they read it, or their records depend on its RAG rows)."""
     overwritten = overwritten_outputs(plan)
-    order = [task_id for task_id in plan.tasks]
     if not overwritten:
         return
+    order = list(plan.tasks)
     first = min(order.index(task_id) for task_id in overwritten)
     with open_rag(plan.config.rag.url) as rag:
         for task_id in order[first:]:
@@ -162,7 +162,8 @@ def _failure_message(failures: dict[str, dict], summary_path: Path) -> str:
             lines.append(f"  block {block['block']}, write ROI {block['write_roi']} nm: {block['error'][:120]}")
         if len(failure["blocks"]) > MAX_BLOCKS_NAMED:
             lines.append(f"  and {len(failure['blocks']) - MAX_BLOCKS_NAMED} more blocks (all in {summary_path})")
-        lines.append(f"  error: {failure['first_error']}")
+        if not failure["blocks"]:
+            lines.append(f"  error: {failure['first_error']}")
         lines.append(f"  tracebacks: {failure['logs']}/worker_*.err (the scheduler's log: {summary_path.parent / 'logs' / 'scheduler.log'})")
     if waiting:
         lines.append(f"not run, as they wait on the failed blocks: {', '.join(waiting)}")
