@@ -73,6 +73,12 @@ class WorkersConfig(StrictModel):
     launcher: Literal["local", "slurm"] = "local"
     count: int = Field(2, ge=1)
     max_retries: int = Field(2, ge=0)
+    block_timeout: float = Field(3600.0, gt=0)
+    """Seconds a block may take before its worker is killed and the block retried: a stuck block
+    (a hung file system, a deadlock in C) ends as a failure instead of holding the run for ever."""
+    max_restarts: int = Field(50, ge=0)
+    """Worker processes a task may lose (crashes, kills, preemption) before it gives up: workers
+    that die as they start would otherwise be replaced for ever."""
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     stages: dict[str, StageWorkers] = Field(default_factory=dict)
     """Per stage name, e.g. ``predict: {count: 4, slurm: {partition: gpu, gpus_per_worker: 1}}``."""
@@ -259,19 +265,20 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data
 
 
 def format_validation_error(path: str | Path, error: ValidationError) -> str:
-    lines = [f"{path}: invalid config"]
+    """One line, however many problems: each as ``key.path: what is wrong``."""
+    problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
+        problems.append(f"{where}: {message}")
+    return f"{path}: invalid config: " + "; ".join(problems)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -3,6 +3,7 @@ package's data/), written as a run's inputs."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import h5py
@@ -14,6 +15,8 @@ from scipy import ndimage
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities
 from neurosam.volumes import create_array, open_array
 from neurosam.layout import segmentation_path
+from neurosam.pipeline.plan import task_ids
+from neurosam.rag import open_rag
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIRS = (REPO / "data", REPO / "neurosam" / "data")
@@ -84,3 +87,20 @@ def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) 
 def read_segmentation(config, threshold: float) -> np.ndarray:
     array = open_array(segmentation_path(config, threshold))
     return array[array.roi]
+
+
+def checksum(config) -> str:
+    """One digest of everything a run wrote: fragments and every segmentation voxel for voxel,
+    and the RAG's nodes, edges and done records row for row (in a fixed order)."""
+    digest = hashlib.sha256()
+    for path in [config.datasets.fragments] + [segmentation_path(config, t) for t in config.segment.thresholds]:
+        array = open_array(path)
+        digest.update(np.ascontiguousarray(array[array.roi]).tobytes())
+    with open_rag(config.rag.url) as rag:
+        for table, keys in ((rag.read_nodes(), ("ids",)), (rag.read_edges(), ("v", "u"))):
+            order = np.lexsort(tuple(table[key] for key in keys))
+            for name in sorted(table):
+                digest.update(name.encode() + np.ascontiguousarray(table[name][order]).tobytes())
+        for stage, task_id in task_ids(config).items():
+            digest.update(f"{stage}: {sorted(rag.done_blocks(task_id))}".encode())
+    return digest.hexdigest()

@@ -38,3 +38,19 @@ def slow_census_blocks(setup: WorkerSetup):
         (attempts / f"finished-{name}").touch()
 
     yield count
+
+
+@contextmanager
+def stuck_blocks(setup: WorkerSetup):
+    """A block that never ends, as on a hung file system."""
+
+    def hang(block) -> None:
+        time.sleep(10**6)
+
+    yield hang
+
+
+@contextmanager
+def workers_that_die_at_start(setup: WorkerSetup):
+    raise RuntimeError("the block function cannot start here")
+    yield

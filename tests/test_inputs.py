@@ -133,33 +133,6 @@ def test_context_too_small_for_stitching_is_refused(tmp_path, inputs, capsys, co
     assert not (tmp_path / "run" / "out.zarr").exists()
 
 
-def test_failed_blocks_give_a_short_error_naming_them(tmp_path, inputs):
-    """A truncated affinity chunk: the run ends with exit 1 and, on the console, a short message
-    naming the task, the failed blocks with their ROIs, the error and the logs (the scheduler's
-    own tracebacks go to its log); summary.json has the failures; once the chunk is repaired, the
-    same command finishes the run."""
-    import json
-    import subprocess
-    import sys
-
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), workers={"count": 1, "max_retries": 0})
-    chunk = next(p for p in sorted((Path(inputs["affinities"]) / "c").rglob("*")) if p.is_file())
-    intact = chunk.read_bytes()
-    chunk.write_bytes(intact[:10])
-    command = [sys.executable, "-m", "neurosam.cli", "run", str(path)]
-    failed = subprocess.run(command, capture_output=True, text=True)
-    assert failed.returncode == 1
-    assert len(failed.stderr.splitlines()) <= 20, failed.stderr
-    assert "Traceback" not in failed.stderr
-    assert "task fragments-" in failed.stderr and "write ROI" in failed.stderr and "worker_*.err" in failed.stderr
-    assert "Zstd" in failed.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert any(failure["blocks"] for failure in summary["failures"].values())
-
-    chunk.write_bytes(intact)
-    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
-
-
 def test_work_dir_that_is_a_file_is_named_before_the_database_is_touched(tmp_path, inputs, capsys):
     (tmp_path / "taken").write_text("not a directory")
     path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20))

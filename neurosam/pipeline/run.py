@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sys
+import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import daisy.v2 as daisy
@@ -29,20 +30,63 @@ class RunFailed(RuntimeError):
     """Some blocks failed for good; the summary and the worker logs say which and why."""
 
 
-@contextmanager
-def stderr_to(path: Path):
-    """The scheduler's own messages (daisy's server logs every failed block with its traceback)
-    go to the run's log, not the console: the console gets progress and one final message."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 2)
+#: What a full disk or quota says, through zarr, SQLite and the C library.
+DISK_FULL_MARKERS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+class SchedulerLog:
+    """Where the scheduler's own messages go (daisy's server logs every failed block with its
+    traceback): the run's log, not the console, which gets progress and one final message.
+
+    daisy writes them from Rust and aborts the run when a write fails, as on a full disk; so
+    they pass through a pipe, and a thread copies them to the log, drops what the disk refuses,
+    and remembers whether any message, or the log itself, told of a full disk."""
+
+    #: How long to wait for the copy to drain once the run is over: a straggler process that
+    #: inherited the pipe must not hold the run's end.
+    DRAIN_SECONDS = 5.0
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.disk_full = False
+
+    def __enter__(self) -> "SchedulerLog":
+        sys.stderr.flush()
+        read_end, write_end = os.pipe()
+        self._saved_stderr = os.dup(2)
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._copier = threading.Thread(target=self._copy, args=(read_end,), daemon=True)
+        self._copier.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved_stderr, 2)
+        os.close(self._saved_stderr)
+        self._copier.join(self.DRAIN_SECONDS)
+
+    def _copy(self, read_end: int) -> None:
+        log = None
         try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+            log = open(self.path, "ab", buffering=0)
+        except OSError as error:
+            self._note(error)
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                if any(marker.encode() in line for marker in DISK_FULL_MARKERS):
+                    self.disk_full = True
+                if log is not None:
+                    try:
+                        log.write(line)
+                    except OSError as error:
+                        self._note(error)
+        if log is not None:
+            log.close()
+
+    def _note(self, error: OSError) -> None:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.disk_full = True
 
 
 def forget_overwritten(plan: RunPlan) -> None:
@@ -103,24 +147,36 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     os.environ.setdefault("MALLOC_ARENA_MAX", "1")
     started = time.time()
     states = {}
+    scheduler_log = SchedulerLog(log_dir / "scheduler.log")
     try:
         if pipeline is not None:
-            with stderr_to(log_dir / "scheduler.log"):
-                states = daisy.run_blockwise(
+            with scheduler_log:
+                # Server, not run_blockwise: a task whose workers keep dying is abandoned
+                # and reported with the others, rather than raised without the states.
+                states = daisy.Server().run_blockwise(
                     pipeline,
-                    progress=ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress),
-                    return_states=True,
+                    progress=ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress, already_done=done_blocks),
                     host="127.0.0.1" if config.workers.launcher == "local" else None,
                     summary=False,
                 )
     finally:
         cancel_submitted_jobs(config.work_dir)
     unfinished = [t for t in task_order if t in states and states[t].completed_count < states[t].total_block_count]
-    with open_rag(config.rag.url) as rag:
-        failures = {task_id: _failure(states[task_id], rag.done_blocks(task_id), log_dir / task_id) for task_id in unfinished}
-    summary = _write_summary(plan, config_path, task_order, states, time.time() - started, failures)
-    if failures:
-        raise RunFailed(_failure_message(failures, plan.work_dir / "summary.json"))
+    failures = {}
+    if unfinished:
+        with open_rag(config.rag.url) as rag:
+            failures = {task_id: _failure(states[task_id], rag.done_blocks(task_id), log_dir / task_id) for task_id in unfinished}
+    disk_full = scheduler_log.disk_full or any(
+        marker in block["error"] for failure in failures.values() for block in failure["blocks"] for marker in DISK_FULL_MARKERS
+    )
+    try:
+        summary = _write_summary(plan, config_path, task_order, states, time.time() - started, failures)
+    except OSError as error:
+        if not (failures or disk_full) or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        disk_full = True
+    if failures or disk_full:
+        raise RunFailed(_failure_message(failures, plan.work_dir / "summary.json", config.workers, disk_full))
     return summary
 
 
@@ -134,7 +190,8 @@ def _last_line(traceback: str | None) -> str:
 
 def _failure(state, done: set[int], task_log_dir: Path) -> dict:
     """What failed in one task: its failed blocks as its workers recorded them (daisy id, write
-    ROI in nm, the first error of each), and where the full tracebacks are."""
+    ROI in nm, the first error of each), blocks whose workers were killed for running past the
+    block timeout, whether daisy gave the task up, and where the full tracebacks are."""
     blocks: dict[int, dict] = {}
     for record_file in sorted(task_log_dir.glob(FAILED_BLOCKS)):
         for line in record_file.read_text().splitlines():
@@ -146,25 +203,39 @@ def _failure(state, done: set[int], task_log_dir: Path) -> dict:
         "failed": state.failed_count,
         "not_run": state.total_block_count - state.completed_count - state.failed_count,
         "blocks": list(blocks.values()),
+        "timed_out": state.timeout_reclaim_count,
+        # A task downstream of a given-up one is abandoned too, but only waited on it.
+        "gave_up": _last_line(state.abandon_reason.split(". Last worker error")[0]) if state.abandoned and state.worker_failure_count else None,
         "first_error": first_error,
         "logs": str(task_log_dir),
     }
 
 
-def _failure_message(failures: dict[str, dict], summary_path: Path) -> str:
+def _failure_message(failures: dict[str, dict], summary_path: Path, workers, disk_full: bool) -> str:
     lines = []
-    waiting = [task_id for task_id, failure in failures.items() if not failure["failed"]]
-    for task_id, failure in failures.items():
-        if not failure["failed"]:
-            continue
+    if disk_full:
+        lines.append(
+            f"the disk is full (No space left on device): free space where the work dir ({summary_path.parent}), "
+            "the output datasets or the database lie, or move the run to a larger disk"
+        )
+    failed = {task_id: failure for task_id, failure in failures.items() if failure["failed"] or failure["gave_up"]}
+    for task_id, failure in failed.items():
         lines.append(f"task {task_id}: {failure['failed']} blocks failed, {failure['not_run']} not run")
         for block in failure["blocks"][:MAX_BLOCKS_NAMED]:
             lines.append(f"  block {block['block']}, write ROI {block['write_roi']} nm: {block['error'][:120]}")
         if len(failure["blocks"]) > MAX_BLOCKS_NAMED:
             lines.append(f"  and {len(failure['blocks']) - MAX_BLOCKS_NAMED} more blocks (all in {summary_path})")
+        if failure["timed_out"]:
+            lines.append(
+                f"  {failure['timed_out']} block attempts ran past workers.block_timeout ({workers.block_timeout:g} s) "
+                "and their workers were killed"
+            )
+        if failure["gave_up"]:
+            lines.append(f"  given up: {failure['gave_up'][:200]} (workers.max_restarts is {workers.max_restarts})")
         if not failure["blocks"]:
-            lines.append(f"  error: {failure['first_error']}")
+            lines.append(f"  error: {failure['first_error'][:200]}")
         lines.append(f"  tracebacks: {failure['logs']}/worker_*.err (the scheduler's log: {summary_path.parent / 'logs' / 'scheduler.log'})")
+    waiting = [task_id for task_id in failures if task_id not in failed]
     if waiting:
         lines.append(f"not run, as they wait on the failed blocks: {', '.join(waiting)}")
     lines.append("fix the cause and run the same command again: finished blocks are kept")

@@ -29,17 +29,24 @@ def block_ids(task: TaskLayout) -> np.ndarray:
 
 
 def block_count(task: TaskLayout) -> int:
-    return int(np.prod(daisy_task(task, None, 1, 0).block_grid_shape))
+    return int(np.prod(daisy_task(task, None).block_grid_shape))
 
 
 def skip_mask(task: TaskLayout, done_blocks: set[int]) -> np.ndarray:
-    shape = tuple(daisy_task(task, None, 1, 0).block_grid_shape)
+    shape = tuple(daisy_task(task, None).block_grid_shape)
     if not done_blocks:
         return np.zeros(shape, dtype=bool)
     return np.isin(block_ids(task), sorted(done_blocks))
 
 
-def daisy_task(task: TaskLayout, process_function, max_workers: int, max_retries: int, mask=None) -> daisy.Task:
+def daisy_task(task: TaskLayout, process_function, workers=None, mask=None) -> daisy.Task:
+    """``workers`` (the config's) None: a task only asked for its block grid."""
+    limits = {} if workers is None else {
+        "max_workers": workers.count_for(task.stage),
+        "max_retries": workers.max_retries,
+        "timeout": workers.block_timeout,
+        "max_worker_restarts": workers.max_restarts,
+    }
     return daisy.Task(
         task.task_id,
         total_roi=task.total_roi,
@@ -48,10 +55,9 @@ def daisy_task(task: TaskLayout, process_function, max_workers: int, max_retries
         process_function=process_function,
         read_write_conflict=False,
         fit="shrink",
-        max_workers=max_workers,
-        max_retries=max_retries,
         skip_mask=mask,
         tracking_path=False,
+        **limits,
     )
 
 
@@ -68,6 +74,6 @@ def build_pipeline(plan: RunPlan, plan_file: str, done_blocks: dict[str, set[int
         if mask.all():
             continue
         process_function = make_process_function(plan, plan_file, task)
-        daisy_view = daisy_task(task, process_function, workers.count_for(task.stage), workers.max_retries, mask)
+        daisy_view = daisy_task(task, process_function, workers, mask)
         pipeline = daisy.Pipeline.from_task(daisy_view) if pipeline is None else pipeline + daisy_view
     return pipeline

@@ -54,9 +54,14 @@ def serve_task(plan_file: str, task_id: str) -> None:
 
 
 def record_failure(work_dir: Path, task_id: str, block, error: Exception) -> None:
+    """Best effort: on a full disk the record cannot be written, and the worker must still go
+    on (the scheduler counts the block failed, and its log has the traceback)."""
     path = failed_blocks_file(work_dir, task_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
     message = traceback.format_exception_only(type(error), error)[-1].strip()
     record = {"block": block.block_id[1], "write_roi": str(block.write_roi), "error": message}
-    with open(path, "a") as file:
-        file.write(json.dumps(record) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as file:
+            file.write(json.dumps(record) + "\n")
+    except OSError:
+        pass

@@ -1,0 +1,267 @@
+"""Fault injection: each way a run was seen to go wrong, tried on a finished run. Every case
+asserts the exit status, how much the user has to read, and that what the run had written is
+unchanged (checksummed before and after) or, once the cause is repaired, equal to an
+uninterrupted run. The README's "What a run guarantees" lists the cases."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neurosam.config import load_config
+from neurosam.pipeline import stages
+from neurosam.pipeline.run import RunFailed, run_pipeline
+from pipeline_support import checksum, data_file, gala_inputs, write_config
+
+BLOCKS = {"block_size": (250, 250, 500), "context": (50, 50, 50)}
+SEGMENT = {"thresholds": [0.5, 0.7]}
+MAX_MESSAGE_LINES = 20
+SOAK_KILLS = 12
+
+
+def neurosam(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "neurosam.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return gala_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+@pytest.fixture(scope="module")
+def finished(inputs, tmp_path_factory):
+    """A run to the end, and the checksum of what it wrote."""
+    path = write_config(tmp_path_factory.mktemp("finished"), inputs, **BLOCKS, segment=SEGMENT)
+    assert neurosam("run", path).returncode == 0
+    config = load_config(path)
+    return path, config, checksum(config)
+
+
+def edited(path: Path, name: str, change) -> Path:
+    """A copy of the config at ``path`` with ``change`` applied, writing into the same datasets."""
+    config = yaml.safe_load(path.read_text())
+    change(config)
+    copy = path.parent / f"{name}.yaml"
+    copy.write_text(yaml.safe_dump(config))
+    return copy
+
+
+def set_in(section: str, key: str, value):
+    return lambda config: config.setdefault(section, {}).update({key: value})
+
+
+USER_ERRORS = {
+    # 3: a negative context was accepted, rewrote outputs and hung.
+    "negative context": (set_in("blocks", "context", [-100, 100, 100]), "blocks.context.0"),
+    # 6: a work dir that is a file gave FileExistsError after the database was touched.
+    "work dir that is a file": (lambda c: c.update(work_dir=str(Path(c["work_dir"]) / "config.yaml")), "is a file, not a directory"),
+    # 7: scoring functions went verbatim into C++ that waterz compiles.
+    "code in a scoring function": (
+        lambda c: (c.update(agglomerate={"scoring_functions": {"evil": 'OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>; system("id");'}}),
+                   c.update(segment={"scoring_function": "evil"})),
+        "agglomerate.scoring_functions",
+    ),
+    # 8: a password in the URL's query string was printed in clear.
+    "password in the query string": (
+        lambda c: c.update(rag={"url": f"postgresql://neurosam@127.0.0.1:{closed_port()}/neurosam?password=secret"}), "***",
+    ),
+    # 9: an unreachable MongoDB gave one huge line with pymongo's topology dump.
+    "unreachable MongoDB": (
+        lambda c: c.update(rag={"url": f"mongodb://127.0.0.1:{closed_port()}/neurosam?serverSelectionTimeoutMS=300"}), "cannot open MongoDB database",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_ERRORS))
+def test_user_errors_are_one_line_exit_2_and_touch_nothing(finished, case):
+    path, config, written = finished
+    change, expected = USER_ERRORS[case]
+    result = neurosam("run", edited(path, case.replace(" ", "_"), change))
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and expected in result.stderr, result.stderr
+    assert "secret" not in result.stderr and len(result.stderr) < 400
+    assert checksum(config) == written
+
+
+@pytest.mark.parametrize("voxel_size, expected", [((0, 10, 10), "voxel size"), ((-10, 10, 10), "voxel size")])
+def test_convert_refuses_voxel_sizes_that_are_not_positive(tmp_path, voxel_size, expected):
+    """6: --voxel-size 0 gave ZeroDivisionError, and a negative one was written."""
+    result = neurosam("convert", data_file("gala_fib_train.h5"), tmp_path / "out.zarr/raw", "--dataset", "raw", "--voxel-size", *voxel_size)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and expected in result.stderr, result.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_changed_database_address_redoes_nothing(finished, tmp_path):
+    """2: the fingerprint must not depend on how the database is reached (here the same SQLite
+    file by another path): every block is skipped and nothing is rewritten."""
+    path, config, written = finished
+    link = tmp_path / "elsewhere"
+    link.symlink_to(config.work_dir)
+    result = neurosam("run", edited(path, "other_address", set_in("rag", "url", f"sqlite:///{link / 'rag.db'}")))
+    assert result.returncode == 0, result.stderr
+    assert "0 skipped" not in result.stdout and "failed" not in result.stdout.replace("0 failed", "")
+    assert checksum(config) == written
+
+
+def test_failed_blocks_give_a_short_error_and_a_repaired_rerun_finishes(inputs, finished, tmp_path):
+    """4: a truncated affinity chunk ends the run with exit 1 and, on the console, a short
+    message naming the task, the failed blocks with their ROIs, the error and the logs;
+    summary.json has the failures; once the chunk is repaired the same command finishes, equal
+    to the uninterrupted run."""
+    import json
+
+    written = finished[2]
+    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT, workers={"count": 1, "max_retries": 0})
+    chunk = next(p for p in sorted((Path(inputs["affinities"]) / "c").rglob("*")) if p.is_file())
+    intact = chunk.read_bytes()
+    chunk.write_bytes(intact[:10])
+    try:
+        failed = neurosam("run", path)
+    finally:
+        chunk.write_bytes(intact)
+    assert failed.returncode == 1
+    assert len(failed.stderr.splitlines()) <= MAX_MESSAGE_LINES, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert "task fragments-" in failed.stderr and "write ROI" in failed.stderr and "worker_*.err" in failed.stderr
+    assert "Zstd" in failed.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert any(failure["blocks"] for failure in summary["failures"].values())
+
+    assert neurosam("run", path).returncode == 0
+    assert checksum(load_config(path)) == written
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system, or a skip where this process may not mount one."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_named_and_a_larger_disk_resumes(inputs, finished, small_disk):
+    """5: the scheduler died of SIGBUS with no message and no summary. Here the work dir, the
+    outputs and the SQLite RAG are on a disk that fills up mid-run."""
+    written = finished[2]
+    path = write_config(small_disk / "run", inputs, **BLOCKS, segment=SEGMENT)
+    full = neurosam("run", path)
+    assert full.returncode == 1, full.stderr
+    assert "the disk is full" in full.stderr and len(full.stderr.splitlines()) <= MAX_MESSAGE_LINES, full.stderr
+    assert "Traceback" not in full.stderr and "panicked" not in full.stderr
+
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    resumed = neurosam("run", path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert checksum(load_config(path)) == written
+
+
+@pytest.fixture
+def test_stage(monkeypatch):
+    """Register a stage from tests/sample_stage.py after fragments, for this test only."""
+    monkeypatch.setattr(stages, "STAGES", list(stages.STAGES))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+
+    def register(function: str) -> None:
+        stages.register(stages.Stage("faulty", f"sample_stage:{function}", stages.plain_blocks), after="fragments")
+
+    return register
+
+
+def test_a_block_that_never_ends_is_bounded_by_the_block_timeout(inputs, tmp_path, test_stage):
+    """3: the scheduler must never wait for ever. A block stuck for good has its worker killed
+    after workers.block_timeout, and the run ends with an error that says so."""
+    test_stage("stuck_blocks")
+    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_retries": 0, "block_timeout": 2})
+    started = time.monotonic()
+    with pytest.raises(RunFailed) as failure:
+        run_pipeline(path, echo_progress=False)
+    assert time.monotonic() - started < 120
+    message = str(failure.value)
+    assert "task faulty-" in message and "workers.block_timeout (2 s)" in message
+    assert len(message.splitlines()) <= MAX_MESSAGE_LINES
+
+
+def test_workers_that_die_as_they_start_end_the_run_with_their_error(inputs, tmp_path, test_stage):
+    """Workers that cannot start would be replaced for ever; after workers.max_restarts the
+    task is given up, named with its error."""
+    test_stage("workers_that_die_at_start")
+    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_restarts": 3})
+    started = time.monotonic()
+    with pytest.raises(RunFailed) as failure:
+        run_pipeline(path, echo_progress=False)
+    assert time.monotonic() - started < 120
+    message = str(failure.value)
+    assert "task faulty-" in message and "given up" in message and "cannot start here" in message, message
+    assert len(message.splitlines()) <= MAX_MESSAGE_LINES
+
+
+def test_help_is_plain_text_and_every_argument_has_some(capsys):
+    """11: the top-level help showed RST markup; subcommands and their arguments had none."""
+    from neurosam.cli import build_parser
+
+    parser = build_parser()
+    assert "``" not in parser.format_help() and "::" not in parser.format_help()
+    commands = next(action for action in parser._actions if action.dest == "command")
+    for name, command in commands.choices.items():
+        for action in command._actions:
+            assert action.help, f"{name} {action.dest} has no help"
+
+
+def worker_processes(scheduler_pid: int) -> list[int]:
+    """daisy's worker processes of a scheduler: its children running daisy's worker module."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == scheduler_pid and b"_subprocess_worker" in command:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def test_soak_workers_killed_at_random_moments_change_nothing(inputs, tmp_path):
+    """A seeded soak: workers are killed (SIGKILL) at random moments, 12 times over one run,
+    which must end identical, voxel for voxel and row for row, to an uninterrupted run of the
+    same config. The kills stop there so that the run can end: killing every worker for ever
+    fails any block past its retries."""
+    sections = {"segment": SEGMENT, "workers": {"count": 2, "max_retries": 20}}
+    soak_blocks = {"block_size": (100, 200, 200), "context": (50, 50, 50)}
+    reference = write_config(tmp_path / "reference", inputs, **soak_blocks, **sections)
+    assert neurosam("run", reference).returncode == 0
+    path = write_config(tmp_path / "soak", inputs, **soak_blocks, **sections)
+    chance = random.Random(20261202)
+    run = subprocess.Popen([sys.executable, "-m", "neurosam.cli", "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kills = 0
+    while run.poll() is None and kills < SOAK_KILLS:
+        time.sleep(chance.uniform(0.3, 2.5))
+        workers = worker_processes(run.pid)
+        if workers:
+            try:
+                os.kill(chance.choice(workers), signal.SIGKILL)
+                kills += 1
+            except ProcessLookupError:
+                pass
+    assert run.wait() == 0, run.stderr.read()
+    assert kills == SOAK_KILLS, f"only {kills} workers were killed; the run ended too soon"
+    assert checksum(load_config(path)) == checksum(load_config(reference))
