@@ -138,7 +138,7 @@ class FragmentsConfig(StrictModel):
 
 
 class AgglomerateConfig(StrictModel):
-    """waterz scoring functions, by the name the RAG stores their scores under."""
+    """waterz scoring functions by name; ``segment.scoring_function`` picks the one to merge by."""
 
     scoring_functions: dict[str, str] = Field(
         default_factory=lambda: {
@@ -146,20 +146,20 @@ class AgglomerateConfig(StrictModel):
             "hist_quant_75": HIST_QUANT_75,
         }
     )
-    max_threshold: float = Field(1.0, gt=0.0, le=1.0)
 
     @field_validator("scoring_functions")
     @classmethod
     def _names(cls, scoring_functions: dict[str, str]) -> dict[str, str]:
         if not scoring_functions:
             raise ValueError("at least one scoring function is needed")
-        from neurosam.scoring import ScoringFunctionError, check_scoring_function
+        from neurosam.agglomeration import Scorer
+        from neurosam.scoring import ScoringFunctionError
 
         for name, function in scoring_functions.items():
             if not name.isidentifier():
                 raise ValueError(f"scoring function name {name!r} must be an identifier")
             try:
-                check_scoring_function(function)
+                Scorer(function)
             except ScoringFunctionError as error:
                 raise ValueError(f"{name}: not a waterz scoring function ({error})") from None
         return scoring_functions

@@ -1,15 +1,15 @@
 """waterz scoring functions, checked against waterz's grammar before any work.
 
-waterz pastes a scoring function verbatim into C++ source and compiles it, so a config's string
-could run any code on every worker. Only the accumulators and operators waterz defines are
-accepted here, with their parameters (quantiles, bin counts, k) as plain integers, composed the
-way waterz composes them; anything else is refused with the reason.
+neurosam scores edges itself, from the RAG's statistics (``neurosam.agglomeration``), in
+waterz's scoring language; waterz would paste such a string verbatim into C++ and compile it,
+so only the accumulators and operators waterz defines are accepted, with their parameters
+(quantiles, bin counts, k) as plain integers, composed the way waterz composes them; anything
+else is refused with the reason.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 REGION_GRAPH = "RegionGraphType"
 SCORE = "ScoreValue"
@@ -62,22 +62,23 @@ class _Parser:
         self.position += 1
         return token
 
-    def function(self) -> str:
+    def function(self) -> tuple:
+        """(name, arguments): operators' arguments are functions, leaves' their parameters."""
         name = self.take()
         self.take("<")
         if name in UNARY:
-            inner = [self.function()]
+            arguments = [self.function()]
         elif name in BINARY:
-            inner = [self.function()]
+            arguments = [self.function()]
             self.take(",")
-            inner.append(self.function())
+            arguments.append(self.function())
         elif name in LEAVES:
-            inner = self.parameters(name)
+            arguments = self.parameters(name)
         else:
             known = sorted((*UNARY, *BINARY, *LEAVES))
             raise ScoringFunctionError(f"{name!r} is not a waterz scoring function or operator (known: {', '.join(known)})")
         self.take(">")
-        return f"{name}<{','.join(inner)}>"
+        return name, arguments
 
     def parameters(self, name: str) -> list[str]:
         kinds, values, optional = LEAVES[name], [], False
@@ -107,25 +108,20 @@ class _Parser:
         return token
 
 
-def check_scoring_function(text: str) -> str:
-    """The function in canonical spelling; raises ScoringFunctionError saying what is wrong."""
+def parse_scoring_function(text: str) -> tuple:
+    """The function as a tree of (name, arguments); raises ScoringFunctionError saying what is wrong."""
     parser = _Parser(_tokens(text))
-    canonical = parser.function()
+    tree = parser.function()
     if parser.position != len(parser.tokens):
         raise ScoringFunctionError(f"unexpected {' '.join(parser.tokens[parser.position:])!r} after the function")
-    return canonical
+    return tree
 
 
-def needs_compiling(text: str) -> bool:
-    """Whether waterz must compile this function (it ships the common ones prebuilt)."""
-    from waterz import _codegen
-
-    prebuilt = {_codegen.normalize(spec.scoring_function) for spec in _codegen.iter_specs()}
-    return _codegen.normalize(text) not in prebuilt
+def canonical(tree: tuple) -> str:
+    name, arguments = tree
+    return f"{name}<{','.join(canonical(a) if isinstance(a, tuple) else a for a in arguments)}>"
 
 
-def compiler_can_build() -> bool:
-    """waterz compiles with boost's headers, found where its build looks and in /usr/include."""
-    from waterz import _codegen
-
-    return bool(_codegen._boost_include_dirs()) or Path("/usr/include/boost/multi_array.hpp").is_file()
+def check_scoring_function(text: str) -> str:
+    """The function in canonical spelling; raises ScoringFunctionError saying what is wrong."""
+    return canonical(parse_scoring_function(text))

@@ -39,8 +39,8 @@ TORCH_VERSION=2.13.0
 # The fast test subset run inside the CPU image (tests/test_volumes.py is left out: it imports
 # pipeline_support.SHARED_DATA, which no longer exists).
 IMAGE_TESTS=${NEUROSAM_IMAGE_TESTS:-tests/test_workers.py tests/test_evaluate.py tests/test_progress.py tests/test_convert.py}
-# g++ and libboost-dev: waterz compiles the scoring functions it does not ship prebuilt at run time.
-BASE_PACKAGES=python3,python3-venv,python3-pip,python3-dev,g++,make,libboost-dev,ca-certificates
+# g++ and Python's headers: for the packages built from source at install (sam2).
+BASE_PACKAGES=python3,python3-venv,python3-pip,python3-dev,g++,make,ca-certificates
 export BUILDAH_ISOLATION=chroot
 START=$(date +%s)
 STEP_START=$START

@@ -157,18 +157,6 @@ def test_scoring_functions_outside_waterz_grammar_are_refused(tmp_path, inputs, 
     assert not (tmp_path / "run" / "out.zarr").exists()
 
 
-def test_scoring_function_that_needs_compiling_without_boost_is_refused_up_front(tmp_path, inputs, capsys, monkeypatch):
-    from neurosam import scoring
-
-    monkeypatch.setattr(scoring, "compiler_can_build", lambda: False)
-    function = "OneMinus<MaxAffinity<RegionGraphType, ScoreValue>>"
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), agglomerate={"scoring_functions": {"max": function}})
-    edit_config(path, lambda c: c.update(segment={"scoring_function": "max"}))
-    code, error = run_cli(path, capsys)
-    assert code == 2 and "libboost-dev" in error and len(error.splitlines()) == 1
-    assert not (tmp_path / "run" / "out.zarr").exists()
-
-
 def test_view_at_a_threshold_the_run_does_not_have_lists_those_it_has(tmp_path, inputs, capsys):
     path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), segment={"thresholds": [0.3, 0.5]})
     assert main(["view", str(path), "--threshold", "0.55", "--png"]) == 2

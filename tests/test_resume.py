@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from neurosam.agglomeration import EDGE_STATISTICS
 from neurosam.config import load_config
 from neurosam.pipeline.run import run_pipeline
 from neurosam.pipeline import stages
@@ -70,7 +71,7 @@ def assert_same_results(config, reference) -> None:
         assert ours.count_edges() == theirs.count_edges()
         a, b = ours.read_edges(), theirs.read_edges()
         order_a, order_b = np.lexsort((a["u"], a["v"])), np.lexsort((b["u"], b["v"]))
-        for key in ("u", "v", "hist_quant_50", "hist_quant_75"):
+        for key in ("u", "v", *EDGE_STATISTICS):
             np.testing.assert_array_equal(a[key][order_a], b[key][order_b])
 
 

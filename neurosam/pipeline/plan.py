@@ -218,25 +218,10 @@ def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
             _check_output(output, plan)
             plan.arrays[output.role] = StoredArray(output.path, volume_roi, voxel_size, output.channels)
 
-    _check_scoring_functions_build(config)
     if check_database:
         with open_rag(config.rag.url) as rag:
             rag.check_writable()
     return plan
-
-
-def _check_scoring_functions_build(config: RunConfig) -> None:
-    """waterz ships common scoring functions prebuilt; any other it compiles on first use, which
-    needs boost's headers: without them the run would fail after fragments."""
-    from neurosam.scoring import compiler_can_build, needs_compiling
-
-    for name, function in config.agglomerate.scoring_functions.items():
-        if needs_compiling(function) and not compiler_can_build():
-            raise InputError(
-                f"agglomerate.scoring_functions.{name}: waterz must compile {function!r}, which needs the boost "
-                f"headers (apt-get install libboost-dev); the prebuilt ones are OneMinus<MeanAffinity<...>> and "
-                f"OneMinus<HistogramQuantileAffinity<RegionGraphType, Q, ScoreValue, 256>> for Q in 10, 15, ..., 95"
-            )
 
 
 def _check_output(output: OutputArray, plan: RunPlan) -> None:

@@ -62,6 +62,11 @@ def post_processing_blocks(plan: RunPlan) -> Layout:
     return blocks_with_context(plan.block_size, plan.context, plan.volume_roi)
 
 
+def contact_blocks(plan: RunPlan) -> Layout:
+    """Blocks read one voxel beyond their write ROI: all the contacts of their fragments."""
+    return blocks_with_context(plan.block_size, plan.voxel_size, plan.volume_roi)
+
+
 def plain_blocks(plan: RunPlan) -> Layout:
     return blocks_with_context(plan.block_size, Coordinate((0,) * len(plan.block_size)), plan.volume_roi)
 
@@ -108,8 +113,8 @@ STAGES: list[Stage] = [
         "fragments", "neurosam.workers.fragments:fragments_blocks", post_processing_blocks,
         sections=("datasets", "roi", "blocks", "fragments"), outputs=_fragments_output,
     ),
-    Stage("agglomerate", "neurosam.workers.agglomerate:agglomerate_blocks", post_processing_blocks, sections=("agglomerate",)),
-    Stage("segment", "neurosam.workers.segment:segment_blocks", whole_volume, sections=("segment",)),
+    Stage("agglomerate", "neurosam.workers.agglomerate:agglomerate_blocks", contact_blocks),
+    Stage("segment", "neurosam.workers.segment:segment_blocks", whole_volume, sections=("agglomerate", "segment")),
     Stage("relabel", "neurosam.workers.relabel:relabel_blocks", plain_blocks, outputs=_segmentation_outputs),
     Stage(
         "evaluate", "neurosam.workers.evaluation:evaluate_blocks", whole_volume,

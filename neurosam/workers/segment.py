@@ -1,9 +1,10 @@
-"""Segments: connected components of the fragments joined by edges scored below a threshold.
+"""Segments: the global agglomeration of the whole RAG (``neurosam.agglomeration``), cut at
+each threshold.
 
-The graph of a whole brain does not fit in one process, so nothing here holds it: node ids and
-the union-find forest live in memory-mapped files on disk, and edges stream from the RAG a page
-at a time. Each component is named after its smallest fragment id, so segment ids are never 0
-and do not depend on the order edges arrive in.
+One pass merges up to the highest threshold, and a merge belongs to every threshold above its
+level; the segments at a threshold are the connected components of its merges, found by
+union-find over memory-mapped files. Each component is named after its smallest fragment id,
+so segment ids are never 0 and do not depend on the order of the merges.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from neurosam.agglomeration import EDGE_STATISTICS, agglomerate_graph
 from neurosam.config import RunConfig
 from neurosam.layout import WorkerSetup, fragment_ids_path, lookup_dir, lookup_path
 from neurosam.rag import RagStore
@@ -57,22 +59,41 @@ def _join(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     parent[roots] = roots[smallest][component]
 
 
+def read_graph(rag: RagStore, ids: np.ndarray, page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(sizes, u, v, statistics) with u and v as positions in ``ids``: every statistic is read
+    in the store's key order, so the passes line up edge for edge."""
+    nodes = rag.read_nodes()
+    order = np.argsort(nodes["ids"])
+    if not np.array_equal(nodes["ids"][order], ids):
+        raise RuntimeError("the RAG changed while reading its nodes")
+    statistics, u, v = {}, None, None
+    for name in EDGE_STATISTICS:
+        pages = list(rag.iter_edges(name, page_size))
+        here_u = np.concatenate([page[0] for page in pages]) if pages else np.zeros(0, dtype=np.uint64)
+        here_v = np.concatenate([page[1] for page in pages]) if pages else np.zeros(0, dtype=np.uint64)
+        if u is not None and not (np.array_equal(u, here_u) and np.array_equal(v, here_v)):
+            raise RuntimeError(f"the RAG's edges lack {name!r} for some pairs: was agglomerate run by another version?")
+        u, v = here_u, here_v
+        statistics[name] = np.concatenate([page[2] for page in pages]) if pages else np.zeros(0)
+    return nodes["sizes"][order], np.searchsorted(ids, u), np.searchsorted(ids, v), statistics
+
+
 def find_segments(config: RunConfig, rag: RagStore) -> None:
-    """Write one lookup table per threshold: segment id for each fragment, in fragment id order.
-    One pass over the edges feeds the union-find forests of all thresholds."""
+    """Write one lookup table per threshold: segment id for each fragment, in fragment id order."""
     directory = lookup_dir(config)
     directory.mkdir(parents=True, exist_ok=True)
     page_size = config.segment.edges_per_page
     thresholds = config.segment.thresholds
     ids = _write_fragment_ids(rag, fragment_ids_path(config), page_size)
+    sizes, u, v, statistics = read_graph(rag, ids, page_size)
+    scoring_function = config.agglomerate.scoring_functions[config.segment.scoring_function]
+    kept, merged, levels = agglomerate_graph(sizes, u, v, statistics, scoring_function, max(thresholds))
     forests = np.lib.format.open_memmap(directory / "union_find.npy", mode="w+", dtype=np.int64, shape=(len(thresholds), len(ids)))
     for start in range(0, len(ids), page_size):
         forests[:, start : start + page_size] = np.arange(start, min(start + page_size, len(ids)), dtype=np.int64)
-    for u, v, scores in rag.iter_edges(config.segment.scoring_function, page_size):
-        a, b = np.searchsorted(ids, u), np.searchsorted(ids, v)
-        for parent, threshold in zip(forests, thresholds):
-            below = scores < threshold
-            _join(parent, a[below], b[below])
+    for parent, threshold in zip(forests, thresholds):
+        below = levels < threshold
+        _join(parent, kept[below], merged[below])
     for parent, threshold in zip(forests, thresholds):
         final = lookup_path(config, threshold)
         table = np.lib.format.open_memmap(final.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint64, shape=(len(ids),))
