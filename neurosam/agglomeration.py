@@ -26,19 +26,22 @@ import numpy as np
 from neurosam.scoring import ScoringFunctionError, parse_scoring_function
 
 #: What each RAG edge carries: the contact surface's affinity statistics.
-EDGE_STATISTICS = ("affinity_max", "affinity_min", "affinity_sum", "contact_area")
-#: Scores at or above this are never merged (waterz's edges of affinity 0 score 1).
-NEVER = math.inf
+EDGE_STATISTICS = ("affinity_max", "affinity_min", "affinity_sum", "contact_area", "claimed_area")
+#: What waterz's scoring functions are computed from, in the order _Edge takes them.
+MERGED_STATISTICS = EDGE_STATISTICS[:4]
 
 
-def contact_statistics(affinities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def contact_statistics(
+    affinities: np.ndarray, labels: np.ndarray, claimed: list[np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Every pair (u, v), u < v, of non-zero labels touching along an axis, with the statistics
     of the affinities between their touching voxels, as waterz reads them: channel d at voxel p
-    is the affinity between p and p minus one step along axis d.
+    is the affinity between p and p minus one step along axis d. ``claimed[d]`` at p, where
+    given, marks the pair (p - d, p) as inside one watershed basin (``claimed_area`` counts them).
 
     Returns pairs (N, 2), sorted, and EDGE_STATISTICS arrays of N each."""
     base = np.uint64(labels.max(initial=0)) + np.uint64(1)
-    codes, values = [], []
+    codes, values, inside = [], [], []
     for axis in range(3):
         here = labels[(slice(None),) * axis + (slice(1, None),)]
         there = labels[(slice(None),) * axis + (slice(None, -1),)]
@@ -46,9 +49,10 @@ def contact_statistics(affinities: np.ndarray, labels: np.ndarray) -> tuple[np.n
         a, b = here[touching].astype(np.uint64), there[touching].astype(np.uint64)
         codes.append(np.minimum(a, b) * base + np.maximum(a, b))
         values.append(affinities[axis][(slice(None),) * axis + (slice(1, None),)][touching])
-    codes, values = np.concatenate(codes), np.concatenate(values).astype(np.float32)
+        inside.append(claimed[axis][(slice(None),) * axis + (slice(1, None),)][touching] if claimed else np.zeros(touching.sum(), dtype=bool))
+    codes, values, inside = np.concatenate(codes), np.concatenate(values).astype(np.float32), np.concatenate(inside)
     order = np.argsort(codes, kind="stable")
-    codes, values = codes[order], values[order]
+    codes, values, inside = codes[order], values[order], inside[order]
     starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]])) if len(codes) else np.zeros(0, dtype=np.intp)
     unique = codes[starts]
     pairs = np.stack([unique // base, unique % base], axis=1)
@@ -59,8 +63,43 @@ def contact_statistics(affinities: np.ndarray, labels: np.ndarray) -> tuple[np.n
         "affinity_min": np.minimum.reduceat(values, starts).astype(np.float64),
         "affinity_sum": np.add.reduceat(values.astype(np.float64), starts),
         "contact_area": np.diff(np.append(starts, len(codes))).astype(np.float64),
+        "claimed_area": np.add.reduceat(inside.astype(np.float64), starts),
     }
     return pairs, statistics
+
+
+def join_cut_basins(
+    sizes: np.ndarray, u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+    """Rejoin the fragments that are pieces of one watershed basin cut by block faces (most of
+    their contact claimed as inside one basin), before any merging: one volume's watershed
+    would have made them one fragment, so their edges to a neighbour fold into one as waterz
+    builds its graph (maximum of the maxima, sums of the rest), not as it merges.
+
+    Returns each node's basin, and the graph of the basins (sizes, u, v, statistics)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    cut = 2 * statistics["claimed_area"] >= statistics["contact_area"]
+    cut &= statistics["claimed_area"] > 0
+    count = len(sizes)
+    _, basin = connected_components(coo_matrix((np.ones(cut.sum()), (u[cut], v[cut])), shape=(count, count)), directed=False)
+    basins = int(basin.max(initial=-1)) + 1
+    basin_sizes = np.bincount(basin, weights=sizes, minlength=basins)
+    a, b = basin[u], basin[v]
+    between = a != b
+    low, high = np.minimum(a, b)[between], np.maximum(a, b)[between]
+    codes = low.astype(np.int64) * basins + high
+    order = np.argsort(codes, kind="stable")
+    codes = codes[order]
+    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]])) if len(codes) else np.zeros(0, dtype=np.intp)
+    folded = {}
+    for name in EDGE_STATISTICS:
+        values = statistics[name][between][order]
+        reduce = {"affinity_max": np.maximum, "affinity_min": np.minimum}.get(name, np.add)
+        folded[name] = reduce.reduceat(values, starts) if len(values) else values
+    unique = codes[starts] if len(codes) else codes
+    return basin, (basin_sizes, unique // basins, unique % basins, folded)
 
 
 class _Edge:
@@ -179,7 +218,7 @@ def agglomerate_graph(
     sizes = [int(size) for size in sizes]
     edges = [
         _Edge(*values, scorer.uses_maxima)
-        for values in zip(*(statistics[name].tolist() for name in EDGE_STATISTICS))
+        for values in zip(*(statistics[name].tolist() for name in MERGED_STATISTICS))
     ]
     ends = [[int(a), int(b)] for a, b in zip(u.tolist(), v.tolist())]
     neighbours: list[dict[int, int]] = [dict() for _ in sizes]

@@ -243,6 +243,19 @@ def load_plan(path: str) -> RunPlan:
     return RunPlan.from_json(json.loads(Path(path).read_text()))
 
 
+AXES = "zyx"
+
+
+def claims_role(axis: int) -> str:
+    return f"fragment_claims_{AXES[axis]}"
+
+
+def claims_path(config: RunConfig, axis: int) -> str:
+    """Where a fragments block records, for the voxels just beyond its upper face along
+    ``axis``, which of its fragments its watershed extended into them (0: none)."""
+    return f"{config.datasets.fragments}_claims_{AXES[axis]}"
+
+
 def segmentation_role(threshold: float) -> str:
     return f"segmentation/{threshold:.4f}"
 

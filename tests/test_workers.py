@@ -123,7 +123,8 @@ def _config(tmp_path: Path, url: str, edges_per_page: int, thresholds: list[floa
 def edge_statistics(scores: np.ndarray) -> dict[str, np.ndarray]:
     """Statistics of a one-voxel contact whose 1 - max affinity is ``scores``."""
     affinity = 1.0 - scores
-    return {"affinity_max": affinity, "affinity_min": affinity, "affinity_sum": affinity, "contact_area": np.ones(len(scores))}
+    ones = np.ones(len(scores))
+    return {"affinity_max": affinity, "affinity_min": affinity, "affinity_sum": affinity, "contact_area": ones, "claimed_area": 0 * ones}
 
 
 @pytest.mark.parametrize("edges_per_page", [3, 1000])

@@ -20,7 +20,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.config import RunConfig
-from neurosam.layout import RunPlan, segmentation_path, segmentation_role
+from neurosam.layout import RunPlan, claims_path, claims_role, segmentation_path, segmentation_role
 
 Layout = tuple[Roi, Roi, Roi]
 """The ROI a task's blocks tile, one block's read ROI and its write ROI (nm)."""
@@ -92,7 +92,8 @@ def _affinities_output(plan: RunPlan) -> list[OutputArray]:
 
 
 def _fragments_output(plan: RunPlan) -> list[OutputArray]:
-    return [OutputArray("fragments", plan.config.datasets.fragments, np.uint64, plan.block_size)]
+    claims = [OutputArray(claims_role(axis), claims_path(plan.config, axis), np.uint64, plan.block_size) for axis in range(3)]
+    return [OutputArray("fragments", plan.config.datasets.fragments, np.uint64, plan.block_size), *claims]
 
 
 def _segmentation_outputs(plan: RunPlan) -> list[OutputArray]:

@@ -3,7 +3,9 @@ over their whole contact surface, written to the RAG for the global agglomeratio
 segment stage (``neurosam.agglomeration`` says why that is faithful).
 
 A fragment lies inside its block's write ROI, so every voxel pair of its contacts lies in the
-write ROI grown by one voxel, which is all a block reads. An edge (u, v) is written only by the
+write ROI grown by one voxel, which is all a block reads. Across a block face, the fragments
+stage's claims say which voxel pairs its watershed saw inside one basin: the pair's
+``claimed_area``, by which the segment stage rejoins the pieces of a basin that a face cut. An edge (u, v) is written only by the
 block that owns ``u = min(u, v)``, so each edge has exactly one writer and a resumed run writes
 the same rows as an uninterrupted one.
 """
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from neurosam.agglomeration import contact_statistics
-from neurosam.layout import WorkerSetup
+from neurosam.layout import WorkerSetup, claims_role
 from neurosam.workers.fragments import read_nearest_affinities
 from neurosam.workers.labels import unique_inverse
 
@@ -28,11 +30,23 @@ def agglomerate_block(setup: WorkerSetup, block) -> None:
         local += 1
         ids = np.concatenate([[0], ids])
     affinities = read_nearest_affinities(plan, block.read_roi)
-    pairs, statistics = contact_statistics(affinities, local)
+    pairs, statistics = contact_statistics(affinities, local, claimed_by_neighbour(plan, block.read_roi, fragments))
     owned = plan.owner_block(ids[pairs[:, 0]]) == block.block_id[1]
     if not owned.any():
         return
     setup.rag.write_edges(ids[pairs[owned, 0]], ids[pairs[owned, 1]], {name: values[owned] for name, values in statistics.items()})
+
+
+def claimed_by_neighbour(plan, roi, fragments: np.ndarray) -> list[np.ndarray]:
+    """Per axis d, at each voxel q: whether the block below q along d extended the basin of
+    the fragment at q - d into q, i.e. the pair (q - d, q) lies inside one watershed basin."""
+    claimed = []
+    for axis in range(3):
+        claims = plan.arrays[claims_role(axis)].read(roi, fill_value=0)
+        below = np.zeros_like(fragments)
+        below[(slice(None),) * axis + (slice(1, None),)] = fragments[(slice(None),) * axis + (slice(None, -1),)]
+        claimed.append((claims != 0) & (claims == below))
+    return claimed
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import waterz
 from funlib.geometry import Roi
 
 from neurosam.affinities import to_float
-from neurosam.layout import RunPlan, WorkerSetup
+from neurosam.layout import RunPlan, WorkerSetup, claims_role
 from neurosam.workers.labels import runs
 
 
@@ -28,16 +28,20 @@ def watershed(affinities: np.ndarray, epsilon_agglomerate: float) -> np.ndarray:
     return next(waterz.agglomerate(affinities, [epsilon_agglomerate])).astype(np.uint64)
 
 
-def relabel_local(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Consecutive ids 1..n for the labels present, in label order; labels smaller than
-    ``min_size`` become 0. Watershed labels are below the voxel count, so counting them is
-    cheaper than sorting."""
-    counts = np.bincount(labels.ravel().astype(np.intp))
+def local_ids(labels: np.ndarray, min_size: int, label_count: int | None = None) -> np.ndarray:
+    """Label -> consecutive id 1..n for the labels present, in label order; labels smaller than
+    ``min_size``, and those absent, map to 0. Watershed labels are below the voxel count, so
+    counting them is cheaper than sorting."""
+    counts = np.bincount(labels.ravel().astype(np.intp), minlength=label_count or 0)
     keep = counts >= max(min_size, 1)
     keep[0] = False
     new_ids = np.zeros(len(counts), dtype=np.uint64)
     new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint64)
-    return new_ids[labels]
+    return new_ids
+
+
+def relabel_local(labels: np.ndarray, min_size: int) -> np.ndarray:
+    return local_ids(labels, min_size)[labels]
 
 
 def fragment_nodes(local: np.ndarray, first_id: int, roi: Roi, voxel_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,14 +68,30 @@ def extract_fragments(setup: WorkerSetup, block) -> None:
     affinities = read_nearest_affinities(plan, block.read_roi)
     labels = watershed(affinities, settings.epsilon_agglomerate)
     inner = (write_roi - block.read_roi.offset) / plan.voxel_size
-    local = relabel_local(labels[inner.to_slices()], settings.min_size)
+    new_ids = local_ids(labels[inner.to_slices()], settings.min_size, int(labels.max()) + 1)
+    local = new_ids[labels[inner.to_slices()]]
     first_id = plan.first_fragment_id(block.block_id[1])
-    fragments = np.where(local > 0, local + np.uint64(first_id), np.uint64(0))
+    global_ids = np.where(new_ids > 0, new_ids + np.uint64(first_id), np.uint64(0))
 
-    plan.arrays["fragments"].write(write_roi, fragments)
+    plan.arrays["fragments"].write(write_roi, global_ids[labels[inner.to_slices()]])
+    write_claims(plan, block, labels, inner, global_ids)
     ids, positions, sizes = fragment_nodes(local, first_id, write_roi, plan.voxel_size)
     rag.delete_in_roi(write_roi)
     rag.write_nodes(ids, positions, sizes)
+
+
+def write_claims(plan: RunPlan, block, labels: np.ndarray, inner: Roi, global_ids: np.ndarray) -> None:
+    """The slab of voxels just beyond the block's upper face along each axis, labelled with the
+    fragment whose watershed basin covers them here: the agglomerate stage knows by it which
+    fragments are one basin cut by the face (``neurosam.agglomeration``)."""
+    for axis in range(3):
+        offset, shape = list(inner.offset), list(inner.shape)
+        offset[axis], shape[axis] = inner.end[axis], 1
+        beyond = Roi(offset, shape)
+        slab = beyond * plan.voxel_size + block.read_roi.offset
+        if inner.end[axis] >= labels.shape[axis] or not plan.volume_roi.contains(slab):
+            continue
+        plan.arrays[claims_role(axis)].write(slab, global_ids[labels[beyond.to_slices()]])
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from neurosam.agglomeration import EDGE_STATISTICS, agglomerate_graph
+from neurosam.agglomeration import EDGE_STATISTICS, agglomerate_graph, join_cut_basins
 from neurosam.config import RunConfig
 from neurosam.layout import WorkerSetup, fragment_ids_path, lookup_dir, lookup_path
 from neurosam.rag import RagStore
@@ -85,9 +85,17 @@ def find_segments(config: RunConfig, rag: RagStore) -> None:
     page_size = config.segment.edges_per_page
     thresholds = config.segment.thresholds
     ids = _write_fragment_ids(rag, fragment_ids_path(config), page_size)
-    sizes, u, v, statistics = read_graph(rag, ids, page_size)
+    basin, basin_graph = join_cut_basins(*read_graph(rag, ids, page_size))
     scoring_function = config.agglomerate.scoring_functions[config.segment.scoring_function]
-    kept, merged, levels = agglomerate_graph(sizes, u, v, statistics, scoring_function, max(thresholds))
+    kept, merged, levels = agglomerate_graph(*basin_graph, scoring_function, max(thresholds))
+    # Merges are of basins; each basin stands for one of its fragments, and its own pieces
+    # join at every threshold.
+    representative = np.zeros(len(basin_graph[0]), dtype=np.int64)
+    representative[basin[::-1]] = np.arange(len(basin))[::-1]
+    pieces = np.flatnonzero(representative[basin] != np.arange(len(basin)))
+    kept = np.concatenate([representative[basin[pieces]], representative[kept]])
+    merged = np.concatenate([pieces, representative[merged]])
+    levels = np.concatenate([np.full(len(pieces), -np.inf), levels])
     forests = np.lib.format.open_memmap(directory / "union_find.npy", mode="w+", dtype=np.int64, shape=(len(thresholds), len(ids)))
     for start in range(0, len(ids), page_size):
         forests[:, start : start + page_size] = np.arange(start, min(start + page_size, len(ids)), dtype=np.int64)
