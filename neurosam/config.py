@@ -49,8 +49,8 @@ class Datasets(StrictModel):
 class BlockSpec(StrictModel):
     block_size: PositiveVector3
     context: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] | None = None
-    """nm read around each post-processing block, so fragments that touch across a block face
-    are seen together. Default: an eighth of the block, at least 4 voxels (see plan.py)."""
+    """nm the fragments watershed reads around each block, so that a basin cut by a block face
+    is known as one. Default: 8 voxels (see plan.py)."""
 
 
 class SlurmConfig(StrictModel):
