@@ -89,7 +89,13 @@ def contingency(segmentation: np.ndarray, ground_truth: np.ndarray, ignore_backg
         labelled = ground_truth_ids != 0
         segment_ids = segment_ids[labelled]
         ground_truth_ids = ground_truth_ids[labelled]
-    return _count_pairs(segment_ids, ground_truth_ids, weights=None)
+    # Labels come in runs of equal voxels: only the first pair of each run is sorted, weighted
+    # by the run's length.
+    changes = np.ones(len(segment_ids), dtype=bool)
+    changes[1:] = (segment_ids[1:] != segment_ids[:-1]) | (ground_truth_ids[1:] != ground_truth_ids[:-1])
+    starts = np.flatnonzero(changes)
+    lengths = np.diff(np.append(starts, len(segment_ids)))
+    return _count_pairs(segment_ids[starts], ground_truth_ids[starts], weights=lengths)
 
 
 def sum_contingencies(tables: Iterable[Contingency]) -> Contingency:
@@ -161,29 +167,49 @@ def evaluate_arrays(
 
     ``chunk_shape`` is in voxels.
     """
-    segmentation = open_array(segmentation_path)
+    return evaluate_many([segmentation_path], ground_truth_path, roi, chunk_shape, ignore_background)[0]
+
+
+def evaluate_many(
+    segmentation_paths: Sequence[str | os.PathLike],
+    ground_truth_path: str | os.PathLike,
+    roi: Roi | None = None,
+    chunk_shape: Sequence[int] = DEFAULT_CHUNK_SHAPE,
+    ignore_background: bool = True,
+) -> list[dict[str, float]]:
+    """Scores of several segmentations of one volume (a run's thresholds), with the ground truth
+    read once, a chunk at a time."""
+    segmentations = [open_array(path) for path in segmentation_paths]
     ground_truth = open_array(ground_truth_path)
-    require_same_voxel_size(segmentation, segmentation_path, ground_truth, ground_truth_path)
-    voxel_size = segmentation.voxel_size
-    shared = segmentation.roi.intersect(ground_truth.roi)
+    shared = ground_truth.roi
+    for segmentation, path in zip(segmentations, segmentation_paths):
+        require_same_voxel_size(segmentation, path, ground_truth, ground_truth_path)
+        shared = shared.intersect(segmentation.roi)
+    voxel_size = ground_truth.voxel_size
     if roi is None:
         roi = shared
     if roi.empty or not shared.contains(roi):
         raise VolumeError(
-            f"evaluation ROI {roi} is not inside both {segmentation_path} ({segmentation.roi}) "
+            f"evaluation ROI {roi} is not inside both {', '.join(map(str, segmentation_paths))} ({shared}) "
             f"and {ground_truth_path} ({ground_truth.roi})"
         )
     if roi.offset % voxel_size != voxel_size * 0 or roi.shape % voxel_size != voxel_size * 0:
         raise VolumeError(f"evaluation ROI {roi} is not aligned to the voxel size {voxel_size} nm")
 
-    total: Contingency | None = None
-    pending: list[Contingency] = []
+    totals: list[Contingency | None] = [None] * len(segmentations)
+    pending: list[list[Contingency]] = [[] for _ in segmentations]
     for chunk in _chunks(roi, Coordinate(chunk_shape) * voxel_size):
-        pending.append(contingency(segmentation[chunk], ground_truth[chunk], ignore_background))
-        if len(pending) == CHUNKS_PER_MERGE:
-            total = sum_contingencies(pending if total is None else [total, *pending])
-            pending = []
-    return scores_from_contingency(sum_contingencies(pending if total is None else [total, *pending]))
+        truth = ground_truth[chunk]
+        for index, segmentation in enumerate(segmentations):
+            pending[index].append(contingency(segmentation[chunk], truth, ignore_background))
+            if len(pending[index]) == CHUNKS_PER_MERGE:
+                totals[index] = _merge(totals[index], pending[index])
+                pending[index] = []
+    return [scores_from_contingency(_merge(total, tables)) for total, tables in zip(totals, pending)]
+
+
+def _merge(total: Contingency | None, tables: list[Contingency]) -> Contingency:
+    return sum_contingencies(tables if total is None else [total, *tables])
 
 
 def _jsonable(value):

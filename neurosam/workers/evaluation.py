@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.config import RunConfig
-from neurosam.evaluate import evaluate_arrays, plot_scores_vs_threshold, plot_segmentation_slice, write_report
+from neurosam.evaluate import evaluate_many, plot_scores_vs_threshold, plot_segmentation_slice, write_report
 from neurosam.layout import WorkerSetup, segmentation_path
 from neurosam.volumes import open_array
 
@@ -22,15 +22,13 @@ def middle_section(roi: Roi, voxel_size: Coordinate) -> Roi:
 
 
 def evaluate_run(config: RunConfig, volume_roi: Roi) -> dict:
-    per_threshold = {
-        f"{threshold:.4f}": evaluate_arrays(
-            segmentation_path(config, threshold),
-            config.datasets.ground_truth,
-            roi=volume_roi,
-            ignore_background=config.evaluate.ignore_background,
-        )
-        for threshold in config.segment.thresholds
-    }
+    scores = evaluate_many(
+        [segmentation_path(config, threshold) for threshold in config.segment.thresholds],
+        config.datasets.ground_truth,
+        roi=volume_roi,
+        ignore_background=config.evaluate.ignore_background,
+    )
+    per_threshold = {f"{threshold:.4f}": score for threshold, score in zip(config.segment.thresholds, scores)}
     best = min(per_threshold, key=lambda t: per_threshold[t]["voi"])
     report = {
         "scoring_function": config.segment.scoring_function,
