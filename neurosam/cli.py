@@ -81,6 +81,14 @@ def _train(args) -> None:
     train_from_config(args.config)
 
 
+def _pretrain(args) -> None:
+    from neurosam.model.pretraining import pretrain_from_config
+
+    result = pretrain_from_config(args.config)
+    loss = 'already done' if result['last_loss'] is None else f"masked reconstruction loss {result['last_loss']:.5f}"
+    print(f"pretrained {result['steps']} steps ({loss}): {result['checkpoint']}")
+
+
 def _export(args) -> None:
     from neurosam.model import export_model
 
@@ -160,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the affinity network from a training config")
     train.add_argument("config", help="a training config (YAML), e.g. configs/train_medulla_unet.yaml; rerun to resume")
     train.set_defaults(handler=_train)
+
+    pretrain = commands.add_parser("pretrain", help="masked image modelling on unlabelled raw (the FGE, or SAM2's encoder)")
+    pretrain.add_argument("config", help="a pretraining config (YAML), e.g. configs/pretrain_fge.yaml; rerun to resume")
+    pretrain.set_defaults(handler=_pretrain)
 
     export = commands.add_parser("export", help="a training checkpoint as a model to predict with (weights, config, voxel size; no optimizer)")
     export.add_argument("checkpoint", help="a training checkpoint, e.g. output_dir/checkpoints/best.pt")

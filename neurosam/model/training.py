@@ -31,6 +31,7 @@ from neurosam.model.config import ModelConfig
 from neurosam.model.inference import predict_volume
 from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range, open_dataset
 from neurosam.model.losses import HEADS, LossConfig, affinity_loss
+from neurosam.model.pretraining import load_pretrained
 from neurosam.quiet import quiet_stdout
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig
+    pretrained: list[Path] = []
+    """Checkpoints of ``neurosam pretrain`` (the FGE with its decoder trunk, SAM2's encoder)
+    whose weights a fresh run starts from."""
     data: DataConfig
     output_dir: Path
     patch_shape: Vector3
@@ -117,6 +121,8 @@ def load_train_config(path: str | Path) -> TrainConfig:
             section[key] = str((base / section[key]).resolve())
 
     resolve(data, "output_dir")
+    if isinstance(data.get("pretrained"), list):
+        data["pretrained"] = [item if Path(item).is_absolute() else str((base / item).resolve()) for item in data["pretrained"]]
     resolve(data.get("data"), "raw")
     resolve(data.get("data"), "labels")
     model = data.get("model")
@@ -261,6 +267,8 @@ def train(config: TrainConfig) -> dict:
         logger.info("resuming from %s at step %d", last_path, state["step"])
     else:
         model, state = build_model(config.model), None
+        for path in config.pretrained:
+            logger.info("starting from the pretrained %s of %s", load_pretrained(model, path), path)
     model.to(device)
     check_shape(config.patch_shape, model.input_multiple, "patch_shape")
     tile_shape = config.validation.tile_shape or config.patch_shape

@@ -1,0 +1,280 @@
+"""Masked image modelling on unlabelled EM: ``neurosam pretrain CONFIG``.
+
+Patches of raw are masked (``neurosam.model.masking``), the hidden voxels set to 0, and a
+network reconstructs them; the loss counts the masked voxels only. Two targets:
+
+- ``fge``: the fine-grained 3D encoder with the U-Net expanding path (the decoder trunk of every
+  architecture) and a 1x1 head, over 3D patches;
+- ``hiera``: SAM2's image encoder, slice by slice, with a head on its finest FPN level (stride 4,
+  pixel-shuffled back to the slice); slice patches (1, p, p) suit it. With
+  ``model.sam2.checkpoint`` set, pretraining continues from the official weights.
+
+A run lives in ``output_dir``: ``last.pt`` (resumed exactly when the same config runs again), a
+CSV of the loss, and ``reconstruction.png`` (a section of input, mask and reconstruction).
+``neurosam train`` starts from the checkpoint through its ``pretrained`` list.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from neurosam.config import ConfigError, PositiveVector3, format_validation_error, load_yaml
+from neurosam.model.config import ModelConfig
+from neurosam.model.data import open_dataset, raw_to_float
+from neurosam.model.decoder import SkipDecoder
+from neurosam.model.fge import FineGrainedEncoder
+from neurosam.model.masking import MaskConfig, make_mask
+from neurosam.model.sam2_backbone import FEATURE_CHANNELS, Sam2Backbone
+
+logger = logging.getLogger(__name__)
+
+PRETRAINED_FORMAT = "neurosam-pretrained-1"
+HIERA_HEAD_STRIDE = 4
+
+
+class PretrainVolume(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    raw: str
+    """``file.h5/dataset`` or ``container.zarr/dataset``: (Z, Y, X) or (C, Z, Y, X)."""
+    exclude_z: list[tuple[int, int]] = []
+    """Sections [start, stop) left out (a validation crop)."""
+
+
+class PretrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: Literal["fge", "hiera"]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Where the FGE's shape and the SAM2 encoder's variant, checkpoint and image size come from."""
+    volumes: list[PretrainVolume] = Field(min_length=1)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    output_dir: Path
+    patch_shape: PositiveVector3
+    batch_size: int = Field(2, ge=1)
+    iterations: int = Field(ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    checkpoint_every: int = Field(100, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+
+def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the masked voxels only: what the network could see costs nothing."""
+    weights = mask.to(prediction.dtype)
+    return ((prediction - target) ** 2 * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+class VolumeReconstructor(nn.Module):
+    """FGE, decoder trunk, and a head back to the raw's channels."""
+
+    def __init__(self, config: ModelConfig, channels: int):
+        super().__init__()
+        self.encoder = FineGrainedEncoder(config.fge, in_channels=channels)
+        self.decoder = SkipDecoder(config.fge)
+        self.head = nn.Conv3d(config.fge.base_channels, channels, 1)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(raw)))
+
+
+class SliceReconstructor(nn.Module):
+    """SAM2's image encoder, trained whole, and a head on its finest FPN level."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.backbone = Sam2Backbone(config.sam2.model_copy(update={"trainable": "all"}))
+        self.head = nn.Conv2d(FEATURE_CHANNELS, HIERA_HEAD_STRIDE**2, 1)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        batch, _, depth, height, width = raw.shape
+        slices = raw.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, height, width)
+        finest = self.backbone.encode_slices(slices)[0]
+        reconstruction = F.interpolate(F.pixel_shuffle(self.head(finest), HIERA_HEAD_STRIDE), size=(height, width), mode="bilinear", align_corners=False)
+        return reconstruction.reshape(batch, depth, 1, height, width).permute(0, 2, 1, 3, 4)
+
+
+def build_reconstructor(config: PretrainConfig, channels: int) -> nn.Module:
+    if config.target == "hiera":
+        if channels != 1:
+            raise ConfigError(f"target hiera reconstructs grey slices; the volumes have {channels} channels")
+        return SliceReconstructor(config.model)
+    return VolumeReconstructor(config.model, channels)
+
+
+def load_volumes(config: PretrainConfig) -> list[np.ndarray]:
+    """Each volume as float32 (C, Z, Y, X) in [0, 1], one array per run of kept sections."""
+    pieces = []
+    for volume in config.volumes:
+        with open_dataset(volume.raw) as (dataset, _, _):
+            raw = raw_to_float(np.asarray(dataset[:]))
+        raw = raw[None] if raw.ndim == 3 else raw
+        kept = np.ones(raw.shape[1], dtype=bool)
+        for start, stop in volume.exclude_z:
+            kept[start:stop] = False
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], kept.astype(np.int8), [0]])))
+        pieces += [raw[:, start:stop] for start, stop in zip(edges[::2], edges[1::2])]
+    channels = {piece.shape[0] for piece in pieces}
+    if len(channels) > 1:
+        raise ConfigError(f"the pretraining volumes have different channel counts: {sorted(channels)}")
+    return pieces
+
+
+def sample_batch(pieces: list[np.ndarray], config: PretrainConfig, step: int) -> dict[str, torch.Tensor]:
+    """Patches and their masks, from a generator seeded by (seed, step): a resumed run draws the
+    batches an uninterrupted one would."""
+    rng = np.random.default_rng([config.seed, step])
+    usable = [piece for piece in pieces if all(s >= p for s, p in zip(piece.shape[1:], config.patch_shape))]
+    if not usable:
+        raise ConfigError(f"no pretraining volume is as large as patch_shape {tuple(config.patch_shape)}")
+    raws, masks = [], []
+    for _ in range(config.batch_size):
+        piece = usable[rng.integers(len(usable))]
+        start = [rng.integers(0, s - p + 1) for s, p in zip(piece.shape[1:], config.patch_shape)]
+        raw = piece[(slice(None), *(slice(a, a + p) for a, p in zip(start, config.patch_shape)))]
+        raws.append(raw)
+        masks.append(make_mask(raw, config.mask, rng))
+    return {"raw": torch.from_numpy(np.stack(raws)), "mask": torch.from_numpy(np.stack(masks))}
+
+
+def save_pretrained(path: Path, model: nn.Module, config: PretrainConfig, channels: int, extra: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    torch.save(
+        {
+            "format": PRETRAINED_FORMAT,
+            "target": config.target,
+            "channels": channels,
+            "model_config": config.model.model_dump(mode="json"),
+            "state_dict": model.state_dict(),
+            **extra,
+        },
+        partial,
+    )
+    partial.replace(path)
+
+
+def draw_reconstruction(raw: torch.Tensor, mask: torch.Tensor, reconstruction: torch.Tensor, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    middle = raw.shape[2] // 2
+    images = [raw[0, 0, middle], mask[0, 0, middle].float(), reconstruction[0, 0, middle].clamp(0, 1)]
+    figure = Figure(figsize=(10, 3.6))
+    for axis, image, title in zip(figure.subplots(1, 3), images, ("input", "mask (white: hidden)", "reconstruction")):
+        axis.imshow(image.detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        axis.set_title(title)
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else "cpu" if config.device == "auto" else config.device)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    last_path = config.output_dir / "last.pt"
+    pieces = load_volumes(config)
+    channels = pieces[0].shape[0]
+    torch.manual_seed(config.seed)
+    model = build_reconstructor(config, channels).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    start_step = 0
+    if last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        if state["target"] != config.target or state["model_config"] != config.model.model_dump(mode="json"):
+            raise ConfigError(f"{last_path} holds a pretraining run of another model; give this config a new output_dir")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_step = state["step"]
+    log_path = config.output_dir / "pretrain_log.csv"
+    rows = []
+    if log_path.exists() and start_step:
+        with open(log_path, newline="") as file:
+            rows = [row for row in csv.DictReader(file) if int(row["step"]) <= start_step]
+    with open(log_path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["step", "loss", "seconds"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+    model.train()
+    started, loss = time.monotonic(), None
+    for step in range(start_step + 1, config.iterations + 1):
+        batch = sample_batch(pieces, config, step)
+        raw, mask = batch["raw"].to(device), batch["mask"].to(device)
+        reconstruction = model(raw * ~mask)
+        loss = masked_reconstruction_loss(reconstruction, raw, mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with open(log_path, "a", newline="") as file:
+            csv.writer(file).writerow([step, f"{loss.item():.6f}", round(time.monotonic() - started, 3)])
+        if step % config.checkpoint_every == 0 or step == config.iterations:
+            save_pretrained(last_path, model, config, channels, {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "step": step})
+            draw_reconstruction(raw, mask, reconstruction, config.output_dir / "reconstruction.png")
+            logger.info("pretraining step %d: masked reconstruction loss %.5f", step, loss.item())
+    return {"output_dir": str(config.output_dir), "checkpoint": str(last_path), "steps": config.iterations, "last_loss": None if loss is None else loss.item()}
+
+
+def load_pretrain_config(path: str | Path) -> PretrainConfig:
+    """Paths in the file are relative to the file."""
+    path = Path(path)
+    data = load_yaml(path)
+    base = path.resolve().parent
+
+    def resolved(value: str) -> str:
+        return value if Path(value).is_absolute() else str((base / value).resolve())
+
+    if isinstance(data.get("output_dir"), str):
+        data["output_dir"] = resolved(data["output_dir"])
+    for volume in data.get("volumes") or []:
+        if isinstance(volume, dict) and isinstance(volume.get("raw"), str):
+            volume["raw"] = resolved(volume["raw"])
+    sam2 = (data.get("model") or {}).get("sam2") if isinstance(data.get("model"), dict) else None
+    if isinstance(sam2, dict) and isinstance(sam2.get("checkpoint"), str):
+        sam2["checkpoint"] = resolved(sam2["checkpoint"])
+    try:
+        return PretrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(path, error)) from None
+
+
+def pretrain_from_config(config_path: str | Path) -> dict:
+    """The ``neurosam pretrain CONFIG`` entry point."""
+    return pretrain(load_pretrain_config(config_path))
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> str:
+    """Copy a pretraining checkpoint's encoder (and, for the FGE, decoder trunk) into a network
+    about to train; returns what was loaded. Shapes must match exactly."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"pretrained checkpoint {path} cannot be read: {error}") from None
+    if not isinstance(state, dict) or state.get("format") != PRETRAINED_FORMAT:
+        raise ConfigError(f"{path} is not a neurosam pretraining checkpoint ({PRETRAINED_FORMAT})")
+    weights = state["state_dict"]
+    if state["target"] == "hiera":
+        backbone = getattr(model, "backbone", None)
+        if backbone is None:
+            raise ConfigError(f"{path} pretrains SAM2's encoder, which this architecture does not have")
+        parts = {backbone.encoder: "backbone.encoder."}
+    else:
+        decoder = model.decoder.refine if hasattr(model.decoder, "refine") else model.decoder
+        parts = {model.encoder: "encoder.", decoder: "decoder."}
+    for module, prefix in parts.items():
+        own = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+        try:
+            module.load_state_dict(own, strict=True)
+        except RuntimeError as error:
+            raise ConfigError(f"{path} does not fit this model's {prefix.rstrip('.')}: {str(error).splitlines()[0]}") from None
+    return state["target"]
