@@ -89,6 +89,13 @@ def _pretrain(args) -> None:
     print(f"pretrained {result['steps']} steps ({loss}): {result['checkpoint']}")
 
 
+def _distill(args) -> None:
+    from neurosam.model.distillation import distill_from_config
+
+    result = distill_from_config(args.config)
+    print(f"distilled {result['steps']} steps, student of {result['student_parameters']:,} parameters: {result['checkpoint']}")
+
+
 def _export(args) -> None:
     from neurosam.model import export_model
 
@@ -172,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser("pretrain", help="masked image modelling on unlabelled raw (the FGE, or SAM2's encoder)")
     pretrain.add_argument("config", help="a pretraining config (YAML), e.g. configs/pretrain_fge.yaml; rerun to resume")
     pretrain.set_defaults(handler=_pretrain)
+
+    distill = commands.add_parser("distill", help="distil SAM2's image encoder into a light student (generic images, then EM)")
+    distill.add_argument("config", help="a distillation config (YAML), e.g. configs/distill_student.yaml; rerun to resume")
+    distill.set_defaults(handler=_distill)
 
     export = commands.add_parser("export", help="a training checkpoint as a model to predict with (weights, config, voxel size; no optimizer)")
     export.add_argument("checkpoint", help="a training checkpoint, e.g. output_dir/checkpoints/best.pt")

@@ -44,6 +44,15 @@ class Sam2Config(BaseModel):
         return image_size
 
 
+class StudentConfig(BaseModel):
+    """The encoder distilled from SAM2's (``neurosam.model.student``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    widths: list[int] = Field(default_factory=lambda: [32, 48, 96, 160], min_length=4, max_length=4)
+    """Channels at strides 2, 4, 8 and 16; the last three are projected to the teacher's 256."""
+
+
 class EncoderShape(BaseModel):
     """Widths and resolutions of a 3D encoder's levels; its decoder mirrors them."""
 
@@ -101,7 +110,10 @@ class ModelConfig(BaseModel):
         default_factory=lambda: [list(offset) for offset in NEAREST_OFFSETS + LONG_RANGE_OFFSETS[:3]]
     )
     """Affinity neighbourhood, one output channel per offset (z, y, x voxels)."""
+    backbone: Literal["sam2", "student"] = "sam2"
+    """FGNet's slice encoder: SAM2's, or the student distilled from it (at ``sam2``'s image size)."""
     sam2: Sam2Config = Field(default_factory=Sam2Config)
+    student: StudentConfig = Field(default_factory=StudentConfig)
     fge: FgeConfig = Field(default_factory=FgeConfig)
     guide_channels: int = Field(32, ge=1)
     """Width of the SAM2 guide that drives the attention and the coarse head."""

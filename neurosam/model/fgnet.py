@@ -10,6 +10,7 @@ from neurosam.model.decoder import DualAffinityDecoder
 from neurosam.model.fga import FeatureGuidedAttention, Sam2Guide
 from neurosam.model.fge import FineGrainedEncoder
 from neurosam.model.sam2_backbone import FEATURE_CHANNELS, FEATURE_STRIDES, Sam2Backbone
+from neurosam.model.student import StudentBackbone
 
 
 class FGNet(nn.Module):
@@ -20,7 +21,10 @@ class FGNet(nn.Module):
     def __init__(self, config: ModelConfig, load_sam2_weights: bool = True):
         super().__init__()
         self.input_multiple = config.fge.input_multiple
-        self.backbone = Sam2Backbone(config.sam2, load_weights=load_sam2_weights)
+        if config.backbone == "student":
+            self.backbone = StudentBackbone(config.student, config.sam2)
+        else:
+            self.backbone = Sam2Backbone(config.sam2, load_weights=load_sam2_weights)
         self.guide = Sam2Guide(FEATURE_CHANNELS, len(FEATURE_STRIDES), config.guide_channels)
         self.encoder = FineGrainedEncoder(config.fge)
         self.attention = nn.ModuleList(

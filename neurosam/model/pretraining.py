@@ -254,7 +254,8 @@ def pretrain_from_config(config_path: str | Path) -> dict:
 
 def load_pretrained(model: nn.Module, path: str | Path) -> str:
     """Copy a pretraining checkpoint's encoder (and, for the FGE, decoder trunk) into a network
-    about to train; returns what was loaded. Shapes must match exactly."""
+    about to train: the FGE, SAM2's Hiera, or the distilled student. Returns which; shapes must
+    match exactly (a student does not fit where SAM2's encoder is, nor the reverse)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -263,10 +264,10 @@ def load_pretrained(model: nn.Module, path: str | Path) -> str:
     if not isinstance(state, dict) or state.get("format") != PRETRAINED_FORMAT:
         raise ConfigError(f"{path} is not a neurosam pretraining checkpoint ({PRETRAINED_FORMAT})")
     weights = state["state_dict"]
-    if state["target"] == "hiera":
+    if state["target"] in ("hiera", "student"):
         backbone = getattr(model, "backbone", None)
         if backbone is None:
-            raise ConfigError(f"{path} pretrains SAM2's encoder, which this architecture does not have")
+            raise ConfigError(f"{path} holds a slice encoder ({state['target']}), which this architecture does not have")
         parts = {backbone.encoder: "backbone.encoder."}
     else:
         decoder = model.decoder.refine if hasattr(model.decoder, "refine") else model.decoder

@@ -104,14 +104,41 @@ def load_encoder_weights(encoder: nn.Module, path: Path, variant: str) -> None:
     logger.info("SAM2 %s image encoder loaded from %s", variant, path)
 
 
-class Sam2Backbone(nn.Module):
-    """Runs each z-slice through SAM2's image encoder and stacks the FPN levels along z.
+class SliceBackbone(nn.Module):
+    """Runs each z-slice through a 2D image encoder and stacks its feature levels along z.
 
-    Input (B, 1, Z, Y, X) in [0, 1]; output one (B, 256, Z, S/s, S/s) tensor per FPN level,
+    Input (B, 1, Z, Y, X) in [0, 1]; output one (B, 256, Z, S/s, S/s) tensor per level,
     finest first, with S the configured image_size and s the level's stride (4, 8, 16).
     Slices are resized to S x S whatever their aspect; consumers resample the features back
-    to the patch's own grid.
+    to the patch's own grid. Subclasses give ``encode_slices`` and ``frozen``.
     """
+
+    config: Sam2Config
+
+    @property
+    def frozen(self) -> bool:
+        return False
+
+    def encode_slices(self, slices: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def resized(self, slices: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        return F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    def forward(self, raw: torch.Tensor) -> list[torch.Tensor]:
+        batch, _, depth, height, width = raw.shape
+        slices = raw.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, height, width)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            chunks = [self.encode_slices(chunk) for chunk in slices.split(self.config.slice_batch)]
+        levels = [torch.cat(level_chunks) for level_chunks in zip(*chunks)]
+        return [
+            level.reshape(batch, depth, *level.shape[1:]).permute(0, 2, 1, 3, 4).contiguous() for level in levels
+        ]
+
+
+class Sam2Backbone(SliceBackbone):
+    """SAM2's image encoder (Hiera trunk and FPN neck), slice by slice."""
 
     def __init__(self, config: Sam2Config, load_weights: bool = True):
         super().__init__()
@@ -149,17 +176,5 @@ class Sam2Backbone(nn.Module):
 
     def encode_slices(self, slices: torch.Tensor) -> list[torch.Tensor]:
         """(N, 1, Y, X) grey slices to SAM2's FPN levels, each (N, 256, h, w)."""
-        size = self.config.image_size
-        images = F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        images = (images.expand(-1, 3, -1, -1) - self.mean) / self.std
+        images = (self.resized(slices).expand(-1, 3, -1, -1) - self.mean) / self.std
         return self.encoder(images)["backbone_fpn"]
-
-    def forward(self, raw: torch.Tensor) -> list[torch.Tensor]:
-        batch, _, depth, height, width = raw.shape
-        slices = raw.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, height, width)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            chunks = [self.encode_slices(chunk) for chunk in slices.split(self.config.slice_batch)]
-        levels = [torch.cat(level_chunks) for level_chunks in zip(*chunks)]
-        return [
-            level.reshape(batch, depth, *level.shape[1:]).permute(0, 2, 1, 3, 4).contiguous() for level in levels
-        ]

@@ -1,0 +1,212 @@
+"""Distilling SAM2's image encoder into the student: ``neurosam distill CONFIG``.
+
+The student learns to give the teacher's FPN levels from the same slices (a mean squared error
+per level, scaled by the teacher level's variance, so each level counts alike). Two stages:
+
+1. generic: the general student on any folder of images (grey, random crops);
+2. em: an EM-specific encoder, starting from the general student, on EM slices, while the
+   general student goes on with the generic images; after every step the two are pulled
+   towards each other by a mutual EMA (each becomes ``m * itself + (1 - m) * the other``), so
+   the EM encoder keeps what the generic images taught and the general one learns EM.
+
+The EM-specific encoder is what ships: ``pretrained: [OUTPUT_DIR/student.pt]`` in a training
+config whose model has ``backbone: student`` starts FGNet from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from neurosam.config import ConfigError, format_validation_error, load_yaml
+from neurosam.model.config import Sam2Config, StudentConfig
+from neurosam.model.pretraining import PRETRAINED_FORMAT, PretrainVolume, load_volumes
+from neurosam.model.sam2_backbone import Sam2Backbone
+from neurosam.model.student import StudentEncoder
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: Sam2Config = Field(default_factory=Sam2Config)
+    """SAM2's encoder to distil: its variant, official checkpoint and the slice size both see."""
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    generic_images: Path | None = None
+    """A folder of images (png, jpg, tif) for stage 1; None starts at the EM stage."""
+    volumes: list[PretrainVolume] = Field(min_length=1)
+    """EM volumes for stage 2 (slices of them)."""
+    generic_iterations: int = Field(0, ge=0)
+    em_iterations: int = Field(ge=1)
+    batch_size: int = Field(8, ge=1)
+    """Slices (or images) per step."""
+    lr: float = Field(1e-3, gt=0.0)
+    ema_momentum: float = Field(0.99, ge=0.0, le=1.0)
+    output_dir: Path
+    checkpoint_every: int = Field(100, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+
+def mutual_ema(first: nn.Module, second: nn.Module, momentum: float) -> None:
+    """Each parameter (and float buffer) of both becomes ``m * own + (1 - m) * other's``, both
+    from the values before the update."""
+    with torch.no_grad():
+        for (_, a), (_, b) in zip(_floats(first), _floats(second)):
+            a_before = a.clone()
+            a.mul_(momentum).add_(b, alpha=1 - momentum)
+            b.mul_(momentum).add_(a_before, alpha=1 - momentum)
+
+
+def _floats(module: nn.Module):
+    return [(name, tensor) for name, tensor in module.state_dict(keep_vars=True).items() if tensor.dtype.is_floating_point]
+
+
+def distillation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    return sum(((s - t) ** 2).mean() / t.var().clamp(min=1e-6) for s, t in zip(student, teacher)) / len(teacher)
+
+
+def read_images(folder: Path) -> list[np.ndarray]:
+    import matplotlib.image
+
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ConfigError(f"generic_images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
+    images = []
+    for path in paths:
+        image = np.asarray(matplotlib.image.imread(path), dtype=np.float32)
+        image = image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+        images.append(image / 255.0 if image.max() > 1.0 else image)
+    return images
+
+
+def generic_batch(images: list[np.ndarray], size: int, count: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random square crops (at most the image's smaller side) resized by the encoders later."""
+    crops = []
+    for _ in range(count):
+        image = images[rng.integers(len(images))]
+        side = int(rng.integers(min(size, min(image.shape)), min(image.shape) + 1))
+        y, x = (int(rng.integers(0, extent - side + 1)) for extent in image.shape)
+        crop = torch.from_numpy(np.ascontiguousarray(image[y : y + side, x : x + side]))[None, None]
+        crops.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.cat(crops)
+
+
+def em_batch(pieces: list[np.ndarray], size: int, count: int, rng: np.random.Generator) -> torch.Tensor:
+    slices = []
+    for _ in range(count):
+        piece = pieces[rng.integers(len(pieces))]
+        section = piece[0, rng.integers(piece.shape[1])]
+        side = min(size, *section.shape)
+        y, x = (int(rng.integers(0, extent - side + 1)) for extent in section.shape)
+        crop = torch.from_numpy(np.ascontiguousarray(section[y : y + side, x : x + side]))[None, None]
+        slices.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
+    return torch.cat(slices)
+
+
+def distill(config: DistillConfig) -> dict:
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else "cpu" if config.device == "auto" else config.device)
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    last_path = config.output_dir / "student.pt"
+    torch.manual_seed(config.seed)
+    teacher = Sam2Backbone(config.teacher.model_copy(update={"trainable": "frozen"})).to(device).eval()
+    general, em = StudentEncoder(config.student).to(device), StudentEncoder(config.student).to(device)
+    optimizers = {"general": torch.optim.AdamW(general.parameters(), lr=config.lr), "em": torch.optim.AdamW(em.parameters(), lr=config.lr)}
+    step = 0
+    if last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        general.load_state_dict(state["general"])
+        em.load_state_dict({key.removeprefix("backbone.encoder."): value for key, value in state["state_dict"].items()})
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        step = state["step"]
+    images = read_images(config.generic_images) if config.generic_images is not None else None
+    pieces = load_volumes(config) if config.em_iterations else []
+    size = config.teacher.image_size
+    total = config.generic_iterations + config.em_iterations
+    log_path = config.output_dir / "distill_log.csv"
+    if not log_path.exists() or step == 0:
+        log_path.write_text("step,stage,general_loss,em_loss,seconds\n")
+    started, losses = time.monotonic(), {}
+
+    def learn(student: nn.Module, optimizer, slices: torch.Tensor) -> float:
+        with torch.no_grad():
+            target = teacher.encode_slices(slices)
+        loss = distillation_loss(student(teacher.resized(slices)), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    general.train()
+    em.train()
+    for step in range(step + 1, total + 1):
+        rng = np.random.default_rng([config.seed, step])
+        stage = "generic" if step <= config.generic_iterations else "em"
+        losses = {}
+        if images is not None:
+            losses["general"] = learn(general, optimizers["general"], generic_batch(images, size, config.batch_size, rng).to(device))
+        if stage == "em":
+            if step == config.generic_iterations + 1 and images is not None:
+                em.load_state_dict(general.state_dict())
+            losses["em"] = learn(em, optimizers["em"], em_batch(pieces, size, config.batch_size, rng).to(device))
+            if images is not None:
+                mutual_ema(general, em, config.ema_momentum)
+        with open(log_path, "a", newline="") as file:
+            csv.writer(file).writerow([step, stage, losses.get("general", ""), losses.get("em", ""), round(time.monotonic() - started, 3)])
+        if step % config.checkpoint_every == 0 or step == total:
+            _save(last_path, config, general, em, optimizers, step)
+    return {"checkpoint": str(last_path), "steps": total, "losses": losses, "student_parameters": sum(p.numel() for p in em.parameters())}
+
+
+def _save(path: Path, config: DistillConfig, general: nn.Module, em: nn.Module, optimizers: dict, step: int) -> None:
+    """In the pretraining checkpoint format, so ``pretrained`` in a training config takes it."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(
+        {
+            "format": PRETRAINED_FORMAT,
+            "target": "student",
+            "student_config": config.student.model_dump(mode="json"),
+            "state_dict": {f"backbone.encoder.{key}": value for key, value in em.state_dict().items()},
+            "general": general.state_dict(),
+            "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+            "step": step,
+        },
+        partial,
+    )
+    partial.replace(path)
+
+
+def load_distill_config(path: str | Path) -> DistillConfig:
+    """Paths in the file are relative to the file."""
+    path = Path(path)
+    data = load_yaml(path)
+    base = path.resolve().parent
+
+    def resolved(value: str) -> str:
+        return value if Path(value).is_absolute() else str((base / value).resolve())
+
+    for key in ("output_dir", "generic_images"):
+        if isinstance(data.get(key), str):
+            data[key] = resolved(data[key])
+    for volume in data.get("volumes") or []:
+        if isinstance(volume, dict) and isinstance(volume.get("raw"), str):
+            volume["raw"] = resolved(volume["raw"])
+    if isinstance(data.get("teacher"), dict) and isinstance(data["teacher"].get("checkpoint"), str):
+        data["teacher"]["checkpoint"] = resolved(data["teacher"]["checkpoint"])
+    try:
+        return DistillConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(path, error)) from None
+
+
+def distill_from_config(config_path: str | Path) -> dict:
+    """The ``neurosam distill CONFIG`` entry point."""
+    return distill(load_distill_config(config_path))
