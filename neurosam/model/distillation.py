@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from neurosam.config import ConfigError, format_validation_error, load_yaml
 from neurosam.model.config import Sam2Config, StudentConfig
-from neurosam.model.pretraining import PRETRAINED_FORMAT, PretrainVolume, load_volumes
+from neurosam.model.pretraining import PRETRAINED_FORMAT, PretrainVolume, load_part, load_volumes, read_pretrained
 from neurosam.model.sam2_backbone import Sam2Backbone
 from neurosam.model.student import StudentEncoder
 
@@ -38,6 +38,8 @@ class DistillConfig(BaseModel):
 
     teacher: Sam2Config = Field(default_factory=Sam2Config)
     """SAM2's encoder to distil: its variant, official checkpoint and the slice size both see."""
+    teacher_pretrained: Path | None = None
+    """A ``neurosam pretrain`` checkpoint of target hiera: the teacher's weights come from it."""
     student: StudentConfig = Field(default_factory=StudentConfig)
     generic_images: Path | None = None
     """A folder of images (png, jpg, tif) for stage 1; None starts at the EM stage."""
@@ -116,7 +118,13 @@ def distill(config: DistillConfig) -> dict:
     config.output_dir.mkdir(parents=True, exist_ok=True)
     last_path = config.output_dir / "student.pt"
     torch.manual_seed(config.seed)
-    teacher = Sam2Backbone(config.teacher.model_copy(update={"trainable": "frozen"})).to(device).eval()
+    teacher = Sam2Backbone(config.teacher.model_copy(update={"trainable": "frozen"}))
+    if config.teacher_pretrained is not None:
+        state = read_pretrained(config.teacher_pretrained)
+        if state["target"] != "hiera":
+            raise ConfigError(f"teacher_pretrained {config.teacher_pretrained} pretrains {state['target']}, not SAM2's Hiera")
+        load_part(teacher.encoder, state, "backbone.encoder.", config.teacher_pretrained)
+    teacher = teacher.to(device).eval()
     general, em = StudentEncoder(config.student).to(device), StudentEncoder(config.student).to(device)
     optimizers = {"general": torch.optim.AdamW(general.parameters(), lr=config.lr), "em": torch.optim.AdamW(em.parameters(), lr=config.lr)}
     step = 0
@@ -193,7 +201,7 @@ def load_distill_config(path: str | Path) -> DistillConfig:
     def resolved(value: str) -> str:
         return value if Path(value).is_absolute() else str((base / value).resolve())
 
-    for key in ("output_dir", "generic_images"):
+    for key in ("output_dir", "generic_images", "teacher_pretrained"):
         if isinstance(data.get(key), str):
             data[key] = resolved(data[key])
     for volume in data.get("volumes") or []:

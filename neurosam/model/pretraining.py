@@ -252,10 +252,7 @@ def pretrain_from_config(config_path: str | Path) -> dict:
     return pretrain(load_pretrain_config(config_path))
 
 
-def load_pretrained(model: nn.Module, path: str | Path) -> str:
-    """Copy a pretraining checkpoint's encoder (and, for the FGE, decoder trunk) into a network
-    about to train: the FGE, SAM2's Hiera, or the distilled student. Returns which; shapes must
-    match exactly (a student does not fit where SAM2's encoder is, nor the reverse)."""
+def read_pretrained(path: str | Path) -> dict:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -263,19 +260,30 @@ def load_pretrained(model: nn.Module, path: str | Path) -> str:
         raise ConfigError(f"pretrained checkpoint {path} cannot be read: {error}") from None
     if not isinstance(state, dict) or state.get("format") != PRETRAINED_FORMAT:
         raise ConfigError(f"{path} is not a neurosam pretraining checkpoint ({PRETRAINED_FORMAT})")
-    weights = state["state_dict"]
+    return state
+
+
+def load_part(module: nn.Module, state: dict, prefix: str, path: str | Path) -> None:
+    """The weights under ``prefix`` of a pretraining checkpoint into ``module``, exactly."""
+    own = {key[len(prefix):]: value for key, value in state["state_dict"].items() if key.startswith(prefix)}
+    try:
+        module.load_state_dict(own, strict=True)
+    except RuntimeError as error:
+        raise ConfigError(f"{path} does not fit this model's {prefix.rstrip('.')}: {str(error).splitlines()[0]}") from None
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> str:
+    """Copy a pretraining checkpoint's encoder (and, for the FGE, decoder trunk) into a network
+    about to train: the FGE, SAM2's Hiera, or the distilled student. Returns which; shapes must
+    match exactly (a student does not fit where SAM2's encoder is, nor the reverse)."""
+    state = read_pretrained(path)
     if state["target"] in ("hiera", "student"):
         backbone = getattr(model, "backbone", None)
         if backbone is None:
             raise ConfigError(f"{path} holds a slice encoder ({state['target']}), which this architecture does not have")
-        parts = {backbone.encoder: "backbone.encoder."}
+        load_part(backbone.encoder, state, "backbone.encoder.", path)
     else:
         decoder = model.decoder.refine if hasattr(model.decoder, "refine") else model.decoder
-        parts = {model.encoder: "encoder.", decoder: "decoder."}
-    for module, prefix in parts.items():
-        own = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
-        try:
-            module.load_state_dict(own, strict=True)
-        except RuntimeError as error:
-            raise ConfigError(f"{path} does not fit this model's {prefix.rstrip('.')}: {str(error).splitlines()[0]}") from None
+        load_part(model.encoder, state, "encoder.", path)
+        load_part(decoder, state, "decoder.", path)
     return state["target"]
