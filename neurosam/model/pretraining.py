@@ -166,10 +166,14 @@ def save_pretrained(path: Path, model: nn.Module, config: PretrainConfig, channe
 def draw_reconstruction(raw: torch.Tensor, mask: torch.Tensor, reconstruction: torch.Tensor, path: Path) -> None:
     from matplotlib.figure import Figure
 
+    """A section of the first patch: the input, the mask, and the input with the hidden patches
+    as the network filled them in (it is not asked for the visible ones)."""
     middle = raw.shape[2] // 2
-    images = [raw[0, 0, middle], mask[0, 0, middle].float(), reconstruction[0, 0, middle].clamp(0, 1)]
+    hidden = mask[0, 0, middle]
+    filled = torch.where(hidden, reconstruction[0, 0, middle].clamp(0, 1), raw[0, 0, middle])
+    images = [raw[0, 0, middle], hidden.float(), filled]
     figure = Figure(figsize=(10, 3.6))
-    for axis, image, title in zip(figure.subplots(1, 3), images, ("input", "mask (white: hidden)", "reconstruction")):
+    for axis, image, title in zip(figure.subplots(1, 3), images, ("input", "mask (white: hidden)", "hidden patches reconstructed")):
         axis.imshow(image.detach().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         axis.set_title(title)
         axis.axis("off")
