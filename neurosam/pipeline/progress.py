@@ -47,6 +47,23 @@ class ProgressLog:
         self.reported: dict[str, int] = {}
         self.last_report = 0.0
         self.bars: dict[str, tqdm] = {}
+        self.spans: dict[str, list[float]] = {}
+        self.ended: set[str] = set()
+
+    def task_seconds(self) -> dict[str, float]:
+        """Per task, from its first block seen in progress to its last one done (wall time)."""
+        return {task_id: round(end - start, 2) for task_id, (start, end) in self.spans.items()}
+
+    def _time_tasks(self, states, now: float) -> None:
+        for task_id, state in states.items():
+            if task_id not in self.spans:
+                if state.processing_count or state.completed_count > getattr(state, "skipped_count", 0):
+                    self.spans[task_id] = [now, now]
+                continue
+            if task_id not in self.ended:
+                self.spans[task_id][1] = now
+                if state.completed_count + state.failed_count >= state.total_block_count:
+                    self.ended.add(task_id)
 
     def _counts(self, task_id: str, state) -> tuple[int, int, int]:
         """(done, total, done by this run)."""
@@ -81,6 +98,7 @@ class ProgressLog:
         every ``interval_seconds`` unless ``now_anyway``."""
         self._update_bars(states)
         now = time.monotonic()
+        self._time_tasks(states, now)
         if not now_anyway and now - self.last_report < self.interval_seconds:
             return
         self.last_report = now

@@ -148,6 +148,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     started = time.time()
     states = {}
     scheduler_log = SchedulerLog(log_dir / "scheduler.log")
+    progress = ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress, already_done=done_blocks)
     try:
         if pipeline is not None:
             with scheduler_log:
@@ -155,7 +156,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
                 # and reported with the others, rather than raised without the states.
                 states = daisy.Server().run_blockwise(
                     pipeline,
-                    progress=ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress, already_done=done_blocks),
+                    progress=progress,
                     host="127.0.0.1" if config.workers.launcher == "local" else None,
                     summary=False,
                 )
@@ -170,7 +171,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
         marker in block["error"] for failure in failures.values() for block in failure["blocks"] for marker in DISK_FULL_MARKERS
     )
     try:
-        summary = _write_summary(plan, config_path, task_order, states, time.time() - started, failures)
+        summary = _write_summary(plan, config_path, task_order, states, time.time() - started, failures, progress.task_seconds())
     except OSError as error:
         if not (failures or disk_full) or error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -242,14 +243,17 @@ def _failure_message(failures: dict[str, dict], summary_path: Path, workers, dis
     return "\n".join(lines)
 
 
-def _write_summary(plan: RunPlan, config_path: str, task_order: list[str], states, seconds: float, failures: dict) -> dict:
-    """Per task, daisy's counts; a task left out of the run as finished counts as all skipped."""
+def _write_summary(
+    plan: RunPlan, config_path: str, task_order: list[str], states, seconds: float, failures: dict, task_seconds: dict[str, float]
+) -> dict:
+    """Per task, daisy's counts and its wall time in this run (from its first block to its last:
+    tasks overlap); a task left out of the run as finished counts as all skipped."""
     tasks = {}
     for task_id in task_order:
         state = states.get(task_id)
         if state is None:
             blocks = block_count(plan.tasks[task_id])
-            tasks[task_id] = {"blocks": blocks, "completed": blocks, "skipped_as_done": blocks, "failed": 0, "orphaned": 0}
+            tasks[task_id] = {"blocks": blocks, "completed": blocks, "skipped_as_done": blocks, "failed": 0, "orphaned": 0, "seconds": 0.0}
         else:
             tasks[task_id] = {
                 "blocks": state.total_block_count,
@@ -257,6 +261,7 @@ def _write_summary(plan: RunPlan, config_path: str, task_order: list[str], state
                 "skipped_as_done": state.skipped_count,
                 "failed": state.failed_count,
                 "orphaned": state.orphaned_count,
+                "seconds": task_seconds.get(task_id, 0.0),
             }
     summary = {
         "config": config_path,
@@ -286,7 +291,7 @@ def format_summary(summary: dict) -> str:
     for task, counts in summary["tasks"].items():
         lines.append(
             f"  {task:<24} {counts['completed']:>6}/{counts['blocks']:<6} done"
-            f" ({counts['skipped_as_done']} skipped as already done, {counts['failed']} failed)"
+            f" ({counts['skipped_as_done']} skipped as already done, {counts['failed']} failed) in {counts['seconds']:.1f} s"
         )
     for threshold, scores in summary.get("evaluation", {}).get("thresholds", {}).items():
         lines.append(
