@@ -1,6 +1,7 @@
 """What the design does at a petavoxel, from one measured run: the RAG's rows and bytes per voxel,
 the database writes per block, the global step's time and memory per edge, and what the
-scheduler holds per block; each scaled to 10^15 voxels.
+scheduler holds per block (the growth of its peak memory between B^3 and (B/2)^3 blocks, per
+block more); each scaled to 10^15 voxels.
 
 The run: the medulla FIB-SEM volume mirrored to N^3 voxels with the noisy affinities of
 benchmarks/postprocess_throughput.py (hundreds of fragments per neuron, as predicted affinities
@@ -16,6 +17,8 @@ import importlib.util
 import json
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import yaml
@@ -42,8 +45,22 @@ def peak_bytes() -> int:
         return 1024 * next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 
 
+def in_fresh_process(function, *args):
+    """A spawned child's high-water mark is its own, so growths measured there are real."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def run_figures(config_path: Path) -> dict:
+    """The whole run, its orchestrator and daisy's server in this process."""
+    before = peak_bytes()
+    started = time.perf_counter()
+    summary = run_pipeline(config_path, echo_progress=False)
+    return {"summary": summary, "seconds": time.perf_counter() - started, "scheduler_peak_growth": peak_bytes() - before}
+
+
 def segment_figures(config_path: Path) -> dict:
-    """The global step alone, in this process: its time and its peak memory growth."""
+    """The global step alone: its time and its peak memory growth."""
     from neurosam.workers.segment import find_segments
 
     config = load_config(config_path)
@@ -65,32 +82,34 @@ def main() -> None:
         boundary, voxel_size = throughput.medulla_boundary()
         affinities = root / "inputs.zarr" / "affinities"
         throughput.write_affinities(affinities, boundary, "noisy", args.size, voxel_size, 64)
-        work_dir = root / "run"
-        path = throughput.write_config(work_dir, affinities, args.block, None, voxel_size, 2)
-        config = yaml.safe_load(path.read_text())
-        config["segment"] = {"scoring_function": throughput.SCORING_NAME, "thresholds": throughput.THRESHOLDS}
-        path.write_text(yaml.safe_dump(config))
-        before = peak_bytes()
-        started = time.perf_counter()
-        summary = run_pipeline(path, echo_progress=False)
-        seconds = time.perf_counter() - started
-        scheduler_growth = peak_bytes() - before
+        runs = {}
+        for block in (args.block, args.block // 2):
+            path = throughput.write_config(root / f"run{block}", affinities, block, None, voxel_size, 2)
+            config = yaml.safe_load(path.read_text())
+            config["segment"] = {"scoring_function": throughput.SCORING_NAME, "thresholds": throughput.THRESHOLDS}
+            path.write_text(yaml.safe_dump(config))
+            runs[block] = in_fresh_process(run_figures, path)
+        path = root / f"run{args.block}" / "config.yaml"
+        summary, seconds = runs[args.block]["summary"], runs[args.block]["seconds"]
+        task_blocks = {block: sum(task["blocks"] for task in run["summary"]["tasks"].values()) for block, run in runs.items()}
+        growths = {block: run["scheduler_peak_growth"] for block, run in runs.items()}
+        per_task_block = (growths[args.block // 2] - growths[args.block]) / (task_blocks[args.block // 2] - task_blocks[args.block])
         loaded = load_config(path)
         database = Path(loaded.rag.url.removeprefix("sqlite:///"))
         with open_rag(loaded.rag.url) as rag:
             nodes, edges = rag.count_nodes(), rag.count_edges()
-        global_step = segment_figures(path)
+        database_bytes = database.stat().st_size
+        global_step = in_fresh_process(segment_figures, path)
 
     voxels = args.size**3
     blocks = summary["tasks"][next(t for t in summary["tasks"] if t.startswith("fragments"))]["blocks"]
     rows = nodes + edges * len(EDGE_STATISTICS)
-    database_bytes = database.stat().st_size if database.exists() else 0
     scale = PETAVOXEL / voxels
     figures = {
         "voxels": voxels, "blocks": blocks, "nodes": nodes, "edges": edges, "rows": rows,
         "database_bytes": database_bytes, "run_seconds": seconds,
         "segment_seconds": global_step["seconds"], "segment_peak_growth": global_step["peak_growth"],
-        "scheduler_peak_growth": scheduler_growth,
+        "scheduler_peak_growth": growths, "task_blocks": task_blocks, "scheduler_bytes_per_task_block": per_task_block,
     }
     print(f"run: {args.size}^3 voxels, {blocks} blocks of {args.block}^3, {seconds:.1f} s through relabel")
     print(f"RAG: {nodes:,} nodes, {edges:,} edges ({len(EDGE_STATISTICS)} statistics each): {rows:,} rows, "
@@ -99,11 +118,13 @@ def main() -> None:
           f"edge rows (agglomerate), each as one upsert statement per stage, and one done record per block and task")
     print(f"global step (segment): {global_step['seconds']:.2f} s, peak memory +{global_step['peak_growth'] / 2**20:.0f} MiB: "
           f"{1e6 * global_step['seconds'] / max(edges, 1):.1f} us and {global_step['peak_growth'] / max(edges, 1):.0f} bytes per edge")
-    print(f"scheduler (this process, daisy's server in it): peak memory +{scheduler_growth / 2**20:.0f} MiB for {blocks * len(summary['tasks'])} "
-          f"task blocks, {scheduler_growth / max(blocks * len(summary['tasks']), 1):.0f} bytes per task block")
+    print("scheduler (the run's process, daisy's server in it): peak memory "
+          + ", ".join(f"+{growths[b] / 2**20:.0f} MiB for {task_blocks[b]} task blocks ({b}^3)" for b in growths)
+          + f": {per_task_block:.0f} bytes per task block more")
     print(f"at 10^15 voxels ({scale:.1e} x): {PETAVOXEL // (args.block ** 3):.1e} blocks of {args.block}^3, "
           f"{edges * scale:.1e} edges, {rows * scale:.1e} RAG rows, {database_bytes * scale / 2**40:.0f} TiB of RAG, "
-          f"global step {global_step['seconds'] * scale / 3600:.0f} h and {global_step['peak_growth'] * scale / 2**40:.1f} TiB in one process")
+          f"global step {global_step['seconds'] * scale / 3600:.0f} h and {global_step['peak_growth'] * scale / 2**40:.1f} TiB in one process, "
+          f"scheduler {per_task_block * 4 * PETAVOXEL / args.block ** 3 / 2**30:.0f} GiB for four block-wise tasks")
     print(json.dumps(figures))
 
 
