@@ -258,6 +258,35 @@ def _resolve_relative(data: dict, base: Path) -> dict:
     return data
 
 
+def _make_absolute(node, key: tuple[str, ...], base: Path) -> None:
+    head, rest = key[0], key[1:]
+    if head == "*":
+        for child in node if isinstance(node, list) else []:
+            _make_absolute(child, rest, base)
+        return
+    if not isinstance(node, dict) or node.get(head) is None:
+        return
+    if rest:
+        _make_absolute(node[head], rest, base)
+    elif isinstance(node[head], str) and not Path(node[head]).is_absolute():
+        node[head] = str((base / node[head]).resolve())
+    elif isinstance(node[head], list):
+        node[head] = [item if not isinstance(item, str) or Path(item).is_absolute() else str((base / item).resolve()) for item in node[head]]
+
+
+def load_file_config(path: str | Path, model: type[BaseModel], relative_paths: list[str]):
+    """A YAML config validated as ``model``, whose paths at ``relative_paths`` (dotted keys, ``*``
+    for every item of a list) are relative to the file, so that it runs from any directory."""
+    path = Path(path)
+    data = load_yaml(path)
+    for key in relative_paths:
+        _make_absolute(data, tuple(key.split(".")), path.resolve().parent)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(path, error)) from None
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():

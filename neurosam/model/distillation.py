@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from neurosam.config import ConfigError, format_validation_error, load_yaml
+from neurosam.config import ConfigError, load_file_config
 from neurosam.model.config import Sam2Config, StudentConfig
 from neurosam.model.pretraining import PRETRAINED_FORMAT, PretrainVolume, load_part, load_volumes, read_pretrained
 from neurosam.model.sam2_backbone import Sam2Backbone
@@ -193,26 +193,7 @@ def _save(path: Path, config: DistillConfig, general: nn.Module, em: nn.Module, 
 
 
 def load_distill_config(path: str | Path) -> DistillConfig:
-    """Paths in the file are relative to the file."""
-    path = Path(path)
-    data = load_yaml(path)
-    base = path.resolve().parent
-
-    def resolved(value: str) -> str:
-        return value if Path(value).is_absolute() else str((base / value).resolve())
-
-    for key in ("output_dir", "generic_images", "teacher_pretrained"):
-        if isinstance(data.get(key), str):
-            data[key] = resolved(data[key])
-    for volume in data.get("volumes") or []:
-        if isinstance(volume, dict) and isinstance(volume.get("raw"), str):
-            volume["raw"] = resolved(volume["raw"])
-    if isinstance(data.get("teacher"), dict) and isinstance(data["teacher"].get("checkpoint"), str):
-        data["teacher"]["checkpoint"] = resolved(data["teacher"]["checkpoint"])
-    try:
-        return DistillConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(path, error)) from None
+    return load_file_config(path, DistillConfig, ["output_dir", "generic_images", "teacher_pretrained", "volumes.*.raw", "teacher.checkpoint"])
 
 
 def distill_from_config(config_path: str | Path) -> dict:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from neurosam.config import ConfigError, PositiveVector3, format_validation_error, load_yaml
+from neurosam.config import ConfigError, PositiveVector3, load_file_config
 from neurosam.model.config import ModelConfig
 from neurosam.model.data import open_dataset, raw_to_float
 from neurosam.model.decoder import SkipDecoder
@@ -229,26 +229,7 @@ def pretrain(config: PretrainConfig) -> dict:
 
 
 def load_pretrain_config(path: str | Path) -> PretrainConfig:
-    """Paths in the file are relative to the file."""
-    path = Path(path)
-    data = load_yaml(path)
-    base = path.resolve().parent
-
-    def resolved(value: str) -> str:
-        return value if Path(value).is_absolute() else str((base / value).resolve())
-
-    if isinstance(data.get("output_dir"), str):
-        data["output_dir"] = resolved(data["output_dir"])
-    for volume in data.get("volumes") or []:
-        if isinstance(volume, dict) and isinstance(volume.get("raw"), str):
-            volume["raw"] = resolved(volume["raw"])
-    sam2 = (data.get("model") or {}).get("sam2") if isinstance(data.get("model"), dict) else None
-    if isinstance(sam2, dict) and isinstance(sam2.get("checkpoint"), str):
-        sam2["checkpoint"] = resolved(sam2["checkpoint"])
-    try:
-        return PretrainConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(path, error)) from None
+    return load_file_config(path, PretrainConfig, ["output_dir", "volumes.*.raw", "model.sam2.checkpoint"])
 
 
 def pretrain_from_config(config_path: str | Path) -> dict:

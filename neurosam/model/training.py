@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import waterz
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neurosam.affinities import NEAREST_OFFSETS
-from neurosam.config import HIST_QUANT_50, ConfigError, Vector3, format_validation_error, load_yaml
+from neurosam.config import HIST_QUANT_50, ConfigError, Vector3, load_file_config
 from neurosam.evaluate import evaluate
 from neurosam.model import build_model, load_model, save_checkpoint
 from neurosam.model.augment import AugmentConfig
@@ -111,26 +111,7 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    """Paths in the file are relative to the file, so a config runs from any directory."""
-    path = Path(path)
-    data = load_yaml(path)
-    base = path.resolve().parent
-
-    def resolve(section, key: str) -> None:
-        if isinstance(section, dict) and section.get(key) is not None and not Path(section[key]).is_absolute():
-            section[key] = str((base / section[key]).resolve())
-
-    resolve(data, "output_dir")
-    if isinstance(data.get("pretrained"), list):
-        data["pretrained"] = [item if Path(item).is_absolute() else str((base / item).resolve()) for item in data["pretrained"]]
-    resolve(data.get("data"), "raw")
-    resolve(data.get("data"), "labels")
-    model = data.get("model")
-    resolve(model.get("sam2") if isinstance(model, dict) else None, "checkpoint")
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(path, error)) from None
+    return load_file_config(path, TrainConfig, ["output_dir", "pretrained", "data.raw", "data.labels", "model.sam2.checkpoint"])
 
 
 def resolve_device(name: str) -> torch.device:
