@@ -5,8 +5,10 @@
    z 130-159 through the block-wise pipeline (configs/demo.yaml with the row's model):
    FGNet with EM-pretrained Hiera (frozen, fine-tuned), with random Hiera, with the student;
    the FGE alone with and without pretraining; the 3D U-Net.
-2. Label efficiency: the FGE trained on 10%, 25%, 50% and 100% of the training sections (z 0-11,
-   0-29, 0-59, 0-119), with and without pretraining, same budget.
+2. Label efficiency: FGNet with the student (the fastest guided model) trained on 10%, 25%, 50%
+   and 100% of the training sections (z 0-11, 0-29, 0-59, 0-119), with pretraining (the student
+   distilled from the EM-pretrained Hiera, the EM-pretrained FGE and decoder trunk) and without
+   (both from a random initialisation), same budget.
 3. Speed: the student's and SAM2-tiny's encoder on the same slices (voxels/s, peak memory, each
    in a fresh process), with the pipeline VOI of the FGNet rows that use each.
 
@@ -203,14 +205,15 @@ def main() -> None:
         results["accuracy"] = rows
 
     if "labels" in args.tables:
-        print(f"\n### Label efficiency, FGE ({where})\n")
+        print(f"\n### Label efficiency, FGNet with the student ({where})\n")
         print("| training sections | VOI without pretraining | VOI with | ARE without | ARE with |\n|---|---:|---:|---:|---:|")
         efficiency = {}
         for fraction, z_range in TRAINING_FRACTIONS.items():
             pair = {}
             for pretrained in (False, True):
                 name = f"labels_{fraction.rstrip('%')}_{'pretrained' if pretrained else 'scratch'}"
-                config = training_config("train_fge_baseline.yaml", work, name, args.iterations, {}, [checkpoints["fge"]] if pretrained else [], z_range)
+                weights = [checkpoints["student"], checkpoints["fge"]] if pretrained else []
+                config = training_config("train_tiny_cpu.yaml", work, name, args.iterations, {"backbone": "student"}, weights, z_range)
                 pair[pretrained] = train_and_score(config, work, name)
             efficiency[fraction] = pair
             print(f"| {fraction} (z {z_range[0]}-{z_range[1] - 1}) | {pair[False]['voi']:.3f} | {pair[True]['voi']:.3f} | "
