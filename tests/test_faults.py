@@ -254,7 +254,7 @@ def test_soak_workers_killed_at_random_moments_change_nothing(inputs, tmp_path):
     run = subprocess.Popen([sys.executable, "-m", "neurosam.cli", "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kills = 0
     while run.poll() is None and kills < SOAK_KILLS:
-        time.sleep(chance.uniform(0.3, 2.5))
+        time.sleep(chance.uniform(0.2, 1.5))
         workers = worker_processes(run.pid)
         if workers:
             try:
