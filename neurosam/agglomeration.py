@@ -22,6 +22,8 @@ import heapq
 import math
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from neurosam.scoring import ScoringFunctionError, parse_scoring_function
 
@@ -77,9 +79,6 @@ def join_cut_basins(
     builds its graph (maximum of the maxima, sums of the rest), not as it merges.
 
     Returns each node's basin, and the graph of the basins (sizes, u, v, statistics)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     cut = 2 * statistics["claimed_area"] >= statistics["contact_area"]
     cut &= statistics["claimed_area"] > 0
     count = len(sizes)

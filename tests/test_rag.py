@@ -102,7 +102,6 @@ def test_empty_store_reads_empty_arrays(rag):
     assert nodes["ids"].dtype == np.uint64 and nodes["ids"].shape == (0,)
     assert nodes["positions"].shape == (0, 3)
     assert set(rag.read_edges(ROI)) == {"u", "v"}
-    assert list(rag.iter_node_ids(10)) == []
     assert rag.count_nodes() == rag.count_edges() == 0
 
 
@@ -166,15 +165,11 @@ def test_reads_by_roi_are_half_open(rag):
     assert set(rag.read_nodes(z_slab)["ids"].tolist()) == set(ids[in_slab].tolist())
 
 
-def test_pages_are_small_ordered_and_complete(rag):
+def test_edge_pages_are_small_and_complete(rag):
     ids, positions, sizes = grid_nodes(100)
     u, v, scores = random_edges(ids, 120)
     rag.write_nodes(ids, positions, sizes)
     rag.write_edges(u, v, scores)
-
-    pages = list(rag.iter_node_ids(page_size=7))
-    assert len(pages) == 15 and all(len(page) <= 7 for page in pages)
-    np.testing.assert_array_equal(np.concatenate(pages), np.sort(ids))
 
     pages = list(rag.iter_edges("quantile_50", page_size=7))
     assert all(len(page_u) <= 7 for page_u, _, _ in pages)

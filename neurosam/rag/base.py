@@ -42,10 +42,6 @@ class RagStore(ABC):
         """Edges whose ``u`` node lies in ``roi``: keys ``u``, ``v`` and one per scoring function."""
 
     @abstractmethod
-    def iter_node_ids(self, page_size: int) -> Iterator[np.ndarray]:
-        """All node ids in ascending order, a page at a time (bounded memory)."""
-
-    @abstractmethod
     def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(u, v, score) pages of every edge ``scoring_function`` scored, in the order of the
         backend's primary key: one pass serves every threshold, and writes keep no index up to

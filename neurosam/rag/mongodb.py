@@ -21,7 +21,7 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, ids_from_db, node_rows, nodes_from_rows, first_line, roi_bounds, without_password
+from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, node_rows, nodes_from_rows, first_line, roi_bounds, without_password
 
 # pymongo waits 30 s for an unreachable server by default; a worker should fail sooner.
 FAST_FAIL_OPTIONS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
@@ -129,17 +129,6 @@ class MongoRag(RagStore):
             for name, score in document.get("scores", {}).items()
         ]
         return edges_from_rows(rows)
-
-    def iter_node_ids(self, page_size: int) -> Iterator[np.ndarray]:
-        check_page_size(page_size)
-        last_id = -1
-        while True:
-            page = [d["_id"] for d in self.nodes.find({"_id": {"$gt": last_id}}, {"_id": 1}).sort("_id", 1).limit(page_size)]
-            if page:
-                yield ids_from_db(page)
-                last_id = page[-1]
-            if len(page) < page_size:
-                return
 
     def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Pages in the order of the documents' ``_id``, which every collection has indexed."""

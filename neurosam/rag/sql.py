@@ -17,7 +17,7 @@ import numpy as np
 from funlib.geometry import Roi
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, first_line, ids_from_db, node_rows, nodes_from_rows, roi_bounds
+from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, first_line, node_rows, nodes_from_rows, roi_bounds
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS nodes ("
@@ -118,17 +118,6 @@ class SqlRag(RagStore):
         where, parameters = self._roi_filter(roi)
         statement = f"SELECT e.u, e.v, e.scoring, e.score FROM edges e JOIN nodes n ON n.id = e.u{where}"
         return edges_from_rows(self._read(statement, parameters))
-
-    def iter_node_ids(self, page_size: int) -> Iterator[np.ndarray]:
-        check_page_size(page_size)
-        last_id = -1
-        while True:
-            rows = self._read("SELECT id FROM nodes WHERE id > ? ORDER BY id LIMIT ?", (last_id, page_size))
-            if rows:
-                yield ids_from_db(row[0] for row in rows)
-                last_id = rows[-1][0]
-            if len(rows) < page_size:
-                return
 
     def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Pages in (u, v) order, which the primary key (u, v, scoring) walks directly."""

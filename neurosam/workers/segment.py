@@ -23,18 +23,11 @@ from neurosam.rag import RagStore
 from neurosam.workers.labels import unique_inverse
 
 
-def _write_fragment_ids(rag: RagStore, path: Path, page_size: int) -> np.ndarray:
-    ids = np.lib.format.open_memmap(path.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint64, shape=(rag.count_nodes(),))
-    start = 0
-    for page in rag.iter_node_ids(page_size):
-        ids[start : start + len(page)] = page
-        start += len(page)
-    if start != len(ids):
-        raise RuntimeError(f"the RAG changed while reading its nodes ({start} read, {len(ids)} counted)")
-    ids.flush()
-    del ids
-    path.with_suffix(".tmp.npy").replace(path)
-    return np.load(path, mmap_mode="r")
+def _write_fragment_ids(ids: np.ndarray, path: Path) -> None:
+    """Atomically: relabel reads it while a later run may rewrite it."""
+    partial = path.with_suffix(".tmp.npy")
+    np.save(partial, ids)
+    partial.replace(path)
 
 
 def _roots(parent: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -59,13 +52,12 @@ def _join(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     parent[roots] = roots[smallest][component]
 
 
-def read_graph(rag: RagStore, ids: np.ndarray, page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(sizes, u, v, statistics) with u and v as positions in ``ids``: every statistic is read
-    in the store's key order, so the passes line up edge for edge."""
+def read_graph(rag: RagStore, page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(ids, sizes, u, v, statistics): nodes in id order, u and v as positions in ``ids``; every
+    statistic is read in the store's key order, so the passes line up edge for edge."""
     nodes = rag.read_nodes()
     order = np.argsort(nodes["ids"])
-    if not np.array_equal(nodes["ids"][order], ids):
-        raise RuntimeError("the RAG changed while reading its nodes")
+    ids = nodes["ids"][order].astype(np.uint64)
     statistics, u, v = {}, None, None
     for name in EDGE_STATISTICS:
         pages = list(rag.iter_edges(name, page_size))
@@ -75,7 +67,7 @@ def read_graph(rag: RagStore, ids: np.ndarray, page_size: int) -> tuple[np.ndarr
             raise RuntimeError(f"the RAG's edges lack {name!r} for some pairs: was agglomerate run by another version?")
         u, v = here_u, here_v
         statistics[name] = np.concatenate([page[2] for page in pages]) if pages else np.zeros(0)
-    return nodes["sizes"][order], np.searchsorted(ids, u), np.searchsorted(ids, v), statistics
+    return ids, nodes["sizes"][order], np.searchsorted(ids, u), np.searchsorted(ids, v), statistics
 
 
 def find_segments(config: RunConfig, rag: RagStore) -> None:
@@ -84,8 +76,9 @@ def find_segments(config: RunConfig, rag: RagStore) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     page_size = config.segment.edges_per_page
     thresholds = config.segment.thresholds
-    ids = _write_fragment_ids(rag, fragment_ids_path(config), page_size)
-    basin, basin_graph = join_cut_basins(*read_graph(rag, ids, page_size))
+    ids, *graph = read_graph(rag, page_size)
+    _write_fragment_ids(ids, fragment_ids_path(config))
+    basin, basin_graph = join_cut_basins(*graph)
     scoring_function = config.agglomerate.scoring_functions[config.segment.scoring_function]
     kept, merged, levels = agglomerate_graph(*basin_graph, scoring_function, max(thresholds))
     # Merges are of basins; each basin stands for one of its fragments, and its own pieces
