@@ -31,11 +31,11 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, store_affinities
 from neurosam.config import load_config
-from neurosam.evaluate import evaluate
+from neurosam.graph.metrics import evaluate
 from neurosam.layout import segmentation_path
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
-from neurosam.volumes import create_array, open_array
+from neurosam.io.volumes import create_array, open_array
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = [round(0.1 * step, 1) for step in range(1, 10)]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from neurosam.model.training import load_train_config, resolve_device, train
+from neurosam.training.training import load_train_config, resolve_device, train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {

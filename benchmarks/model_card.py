@@ -76,7 +76,7 @@ def main() -> None:
                         help="holds the run's training_log.csv, validation_log.csv and train_config.yaml")
     args = parser.parse_args()
 
-    from neurosam.model import load_model
+    from neurosam.model.build import load_model
 
     model, model_config, extra = load_model(args.checkpoint)
     train_config = yaml.safe_load((args.training_dir / "train_config.yaml").read_text())

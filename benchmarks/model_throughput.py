@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from neurosam.model import build_model
+from neurosam.model.build import build_model
 from neurosam.model.config import SAM2_TOTAL_STRIDE, ModelConfig
 
 ARCHITECTURES = ("fgnet", "fge", "unet")

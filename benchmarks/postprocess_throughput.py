@@ -62,7 +62,7 @@ from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_
 from neurosam.config import AgglomerateConfig, SegmentConfig
 from neurosam.pipeline.plan import output_chunk_voxels
 from neurosam.quiet import quiet_stdout
-from neurosam.volumes import create_array, open_array
+from neurosam.io.volumes import create_array, open_array
 
 MEDULLA = Path(__file__).resolve().parents[1] / "data" / "medulla_fibsem.h5"
 SCORING_NAME = "hist_quant_50"
@@ -239,7 +239,7 @@ def repeated(run, repeats: int) -> dict:
 
 def largest_voi(first_container: Path, second_container: Path) -> float:
     """The VOI between two runs' segmentations, the largest over the thresholds."""
-    from neurosam.evaluate import evaluate
+    from neurosam.graph.metrics import evaluate
 
     vois = []
     for threshold in THRESHOLDS:

@@ -38,7 +38,7 @@ PREDICT_BLOCK_CORES = (1, 2, 2)
 
 
 def write_raw(root: Path, sections: int) -> tuple[str, Coordinate]:
-    from neurosam.volumes import create_array
+    from neurosam.io.volumes import create_array
 
     with h5py.File(MEDULLA, "r") as medulla:
         raw = medulla["raw"][:sections]
@@ -74,7 +74,7 @@ def predict_config(work_dir: Path, raw: str, voxel_size: Coordinate, workers: in
 def run_pipeline_predict(config_path: Path) -> dict:
     from neurosam.pipeline.run import run_pipeline
     from neurosam.quiet import quiet_stdout
-    from neurosam.workers.predict import timings_dir
+    from neurosam.stages.predict import timings_dir
 
     started = time.perf_counter()
     with quiet_stdout():
@@ -90,11 +90,11 @@ def run_pipeline_predict(config_path: Path) -> dict:
 def bare_forward(config_path: Path) -> float:
     """Seconds of the network alone over the raw of every predict block, read beforehand."""
     from neurosam.config import load_config
-    from neurosam.model import load_model
+    from neurosam.model.build import load_model
     from neurosam.model.inference import normalise, predict_tiles
     from neurosam.pipeline.plan import plan_run
     from neurosam.pipeline.tasks import block_ids
-    from neurosam.workers.predict import choose_device, tile_rows
+    from neurosam.stages.predict import choose_device, tile_rows
     from neurosam.layout import WorkerSetup
 
     plan = plan_run(load_config(config_path), check_database=False)

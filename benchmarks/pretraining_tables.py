@@ -71,8 +71,8 @@ def shipped(name: str) -> dict:
 
 
 def pretraining(work: Path, iterations: int) -> dict[str, Path]:
-    from neurosam.model.distillation import distill_from_config
-    from neurosam.model.pretraining import pretrain_from_config
+    from neurosam.training.distillation import distill_from_config
+    from neurosam.training.pretraining import pretrain_from_config
 
     checkpoints = {}
     for target in ("fge", "hiera"):
@@ -113,8 +113,8 @@ def training_config(base: str, work: Path, name: str, iterations: int, model_cha
 
 def train_and_score(config_path: Path, work: Path, name: str) -> dict:
     """Train (or resume), export the best checkpoint, run the demo's pipeline with it."""
-    from neurosam.model import export_model
-    from neurosam.model.training import train_from_config
+    from neurosam.model.build import export_model
+    from neurosam.training.training import train_from_config
     from neurosam.pipeline.run import run_pipeline
 
     result_path = work / f"{name}.result.json"

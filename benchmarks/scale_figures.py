@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from funlib.geometry import Coordinate
 
-from neurosam.agglomeration import EDGE_STATISTICS
+from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.config import load_config
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
@@ -61,7 +61,7 @@ def run_figures(config_path: Path) -> dict:
 
 def segment_figures(config_path: Path) -> dict:
     """The global step alone: its time and its peak memory growth."""
-    from neurosam.workers.segment import find_segments
+    from neurosam.stages.segment import find_segments
 
     config = load_config(config_path)
     with open_rag(config.rag.url) as rag:

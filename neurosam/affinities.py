@@ -72,7 +72,7 @@ def to_float(affinities: np.ndarray) -> np.ndarray:
 
 def store_affinities(path: str, affinities: np.ndarray, roi, voxel_size, offsets: Sequence[Sequence[int]], chunk_voxels=None):
     """Write float affinities in [0, 1] as the uint8 dataset the post-processing reads."""
-    from neurosam.volumes import create_array
+    from neurosam.io.volumes import create_array
 
     array = create_array(
         path, roi, voxel_size, np.uint8, channels=len(offsets), chunk_voxels=chunk_voxels,

@@ -14,8 +14,8 @@ import yaml
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, store_affinities
-from neurosam.convert import convert
-from neurosam.volumes import dataset_exists
+from neurosam.io.convert import convert
+from neurosam.io.volumes import dataset_exists
 
 GALA_VOLUME = files("neurosam") / "data" / "gala_fib_train.h5"
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from neurosam.config import ConfigError
-from neurosam.pipeline.stages import stage_names
-from neurosam.volumes import VolumeError
+from neurosam.pipeline.registry import stage_names
+from neurosam.io.volumes import VolumeError
 
 
 def _run(args) -> None:
@@ -33,7 +33,7 @@ def _status(args) -> None:
 
 
 def _worker(args) -> None:
-    from neurosam.pipeline.worker import serve_task
+    from neurosam.pipeline.worker_process import serve_task
 
     serve_task(str(Path(args.plan).resolve()), args.task)
 
@@ -48,7 +48,7 @@ def _classical_example(args) -> None:
 
 
 def _convert(args) -> None:
-    from neurosam.convert import convert
+    from neurosam.io.convert import convert
 
     convert(args.input, args.dataset, args.output, voxel_size=args.voxel_size, offset=args.offset, zarr_format=args.zarr_format)
     print(f"wrote {args.output}")
@@ -76,13 +76,13 @@ def _view(args) -> None:
 
 
 def _train(args) -> None:
-    from neurosam.model.training import train_from_config
+    from neurosam.training.training import train_from_config
 
     train_from_config(args.config)
 
 
 def _pretrain(args) -> None:
-    from neurosam.model.pretraining import pretrain_from_config
+    from neurosam.training.pretraining import pretrain_from_config
 
     result = pretrain_from_config(args.config)
     loss = 'already done' if result['last_loss'] is None else f"masked reconstruction loss {result['last_loss']:.5f}"
@@ -90,14 +90,14 @@ def _pretrain(args) -> None:
 
 
 def _distill(args) -> None:
-    from neurosam.model.distillation import distill_from_config
+    from neurosam.training.distillation import distill_from_config
 
     result = distill_from_config(args.config)
     print(f"distilled {result['steps']} steps, student of {result['student_parameters']:,} parameters: {result['checkpoint']}")
 
 
 def _export(args) -> None:
-    from neurosam.model import export_model
+    from neurosam.model.build import export_model
 
     kept = export_model(args.checkpoint, args.output)
     print(f"wrote {args.output} (trained on voxels of {kept.get('voxel_size')} nm, step {kept.get('step')})")

@@ -152,8 +152,8 @@ class AgglomerateConfig(StrictModel):
     def _names(cls, scoring_functions: dict[str, str]) -> dict[str, str]:
         if not scoring_functions:
             raise ValueError("at least one scoring function is needed")
-        from neurosam.agglomeration import Scorer
-        from neurosam.scoring import ScoringFunctionError
+        from neurosam.graph.agglomeration import Scorer
+        from neurosam.graph.scoring import ScoringFunctionError
 
         for name, function in scoring_functions.items():
             if not name.isidentifier():

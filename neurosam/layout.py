@@ -21,7 +21,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.config import RunConfig
-from neurosam.volumes import split_dataset_path
+from neurosam.io.volumes import split_dataset_path
 
 PLAN_FILE = "plan.json"
 
@@ -33,7 +33,7 @@ def open_storage(path: str, mode: str = "r"):
     and pandas it imports (over half a second of every worker's start)."""
     container, dataset = split_dataset_path(path)
     if container.suffix == ".n5":
-        from neurosam.n5 import N5Dataset
+        from neurosam.io.n5 import N5Dataset
 
         return N5Dataset(container / dataset)
     return zarr.open_array(str(Path(container) / dataset), mode=mode)

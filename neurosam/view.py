@@ -11,8 +11,8 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam import layout
 from neurosam.config import RunConfig
-from neurosam.evaluate import plot_segmentation_slice
-from neurosam.volumes import VolumeError, dataset_exists, open_array, require_same_voxel_size
+from neurosam.graph.metrics import plot_segmentation_slice
+from neurosam.io.volumes import VolumeError, dataset_exists, open_array, require_same_voxel_size
 
 
 # The first three affinity channels (by default the nearest neighbours along z, y, x) as red, green, blue.

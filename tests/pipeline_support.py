@@ -13,7 +13,7 @@ from funlib.geometry import Coordinate, Roi
 from scipy import ndimage
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities
-from neurosam.volumes import create_array, open_array
+from neurosam.io.volumes import create_array, open_array
 from neurosam.layout import segmentation_path
 from neurosam.pipeline.plan import task_ids
 from neurosam.rag import open_rag

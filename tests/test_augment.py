@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from neurosam.model.augment import (
+from neurosam.training.augment import (
     UNKNOWN_LABEL,
     AugmentConfig,
     augment_geometry,

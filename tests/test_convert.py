@@ -10,8 +10,8 @@ import pytest
 import tifffile
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.convert import ConvertError, TiffStack, convert
-from neurosam.volumes import VolumeError, open_array
+from neurosam.io.convert import ConvertError, TiffStack, convert
+from neurosam.io.volumes import VolumeError, open_array
 from neurosam.layout import StoredArray
 
 GALA = Path(__file__).resolve().parents[1] / "neurosam" / "data" / "gala_fib_train.h5"

@@ -7,8 +7,8 @@ import waterz
 from funlib.geometry import Roi
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from neurosam import evaluate as evaluation
-from neurosam.evaluate import (
+from neurosam.graph import metrics as evaluation
+from neurosam.graph.metrics import (
     Contingency,
     contingency,
     evaluate,
@@ -20,7 +20,7 @@ from neurosam.evaluate import (
     write_report,
 )
 from neurosam.view import render_overview
-from neurosam.volumes import VolumeError, create_array
+from neurosam.io.volumes import VolumeError, create_array
 
 
 def random_labels(seed, shape=(12, 20, 24), ids=6):

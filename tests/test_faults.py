@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from neurosam.config import load_config
-from neurosam.pipeline import stages
+from neurosam.pipeline import registry
 from neurosam.pipeline.run import RunFailed, run_pipeline
 from pipeline_support import checksum, data_file, gala_inputs, write_config
 
@@ -177,11 +177,11 @@ def test_a_full_disk_is_named_and_a_larger_disk_resumes(inputs, finished, small_
 @pytest.fixture
 def test_stage(monkeypatch):
     """Register a stage from tests/sample_stage.py after fragments, for this test only."""
-    monkeypatch.setattr(stages, "STAGES", list(stages.STAGES))
+    monkeypatch.setattr(registry, "STAGES", list(registry.STAGES))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
 
     def register(function: str) -> None:
-        stages.register(stages.Stage("faulty", f"sample_stage:{function}", stages.plain_blocks), after="fragments")
+        registry.register(registry.Stage("faulty", f"sample_stage:{function}", registry.plain_blocks), after="fragments")
 
     return register
 

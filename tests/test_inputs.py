@@ -12,7 +12,7 @@ from funlib.geometry import Roi
 
 from neurosam.affinities import boundary_to_affinities
 from neurosam.cli import main
-from neurosam.volumes import create_array, open_array
+from neurosam.io.volumes import create_array, open_array
 from pipeline_support import read_h5, write_config, write_inputs
 
 CROP = (slice(0, 10), slice(0, 20), slice(0, 40))

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from neurosam.affinities import NEAREST_OFFSETS
-from neurosam.model import ModelCheckpointError, build_model, load_model, save_checkpoint
+from neurosam.model.build import ModelCheckpointError, build_model, load_model, save_checkpoint
 from neurosam.model.config import ModelConfig, Sam2Config
 from neurosam.model.fge import FineGrainedEncoder
 from neurosam.model.sam2_backbone import Sam2Backbone, Sam2CheckpointError, build_image_encoder

@@ -13,12 +13,12 @@ import yaml
 from funlib.geometry import Coordinate
 
 from neurosam.config import HIST_QUANT_50, load_config
-from neurosam.evaluate import evaluate
+from neurosam.graph.metrics import evaluate
 from neurosam.layout import load_plan, plan_path
 from neurosam.pipeline.run import run_pipeline, run_status
 from neurosam.rag import open_rag
-from neurosam.volumes import open_array
-from neurosam.workers.evaluation import middle_section
+from neurosam.io.volumes import open_array
+from neurosam.stages.evaluate import middle_section
 from pipeline_support import gala_inputs, medulla_gt_inputs, read_segmentation, write_config
 
 GALA_BLOCKS = {"block_size": (250, 500, 500), "context": (100, 100, 100)}

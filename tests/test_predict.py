@@ -20,13 +20,13 @@ from funlib.geometry import Coordinate, Roi
 from neurosam.affinities import NEAREST_OFFSETS, to_uint8
 from neurosam.cli import main
 from neurosam.config import load_config
-from neurosam.model import build_model, save_checkpoint
+from neurosam.model.build import build_model, save_checkpoint
 from neurosam.model.config import ModelConfig
 from neurosam.model.inference import normalise, predict_volume
 from neurosam.pipeline.plan import task_ids
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
-from neurosam.volumes import create_array, open_array
+from neurosam.io.volumes import create_array, open_array
 from pipeline_support import read_h5
 
 VOXEL_SIZE = (10, 10, 10)
@@ -88,7 +88,7 @@ def read_affinities(config_path: Path) -> np.ndarray:
 
 
 def whole_volume_prediction(raw: np.ndarray, checkpoint: Path) -> np.ndarray:
-    from neurosam.model import load_model
+    from neurosam.model.build import load_model
 
     model, _, _ = load_model(checkpoint)
     threads = torch.get_num_threads()
@@ -117,9 +117,9 @@ def test_blockwise_float_prediction_equals_whole_volume(raw_volume, checkpoint):
     """Before quantisation: the tiles of a block read with mirrored borders are the tiles of
     the whole volume padded by reflection, up to float rounding."""
     from neurosam.layout import StoredArray
-    from neurosam.model import load_model
+    from neurosam.model.build import load_model
     from neurosam.model.inference import predict_tiles
-    from neurosam.workers.predict import tile_rows
+    from neurosam.stages.predict import tile_rows
 
     raw_path, raw = raw_volume
     stored = StoredArray(raw_path, Roi((0, 0, 0), Coordinate(raw.shape) * 10), Coordinate(VOXEL_SIZE))
@@ -254,7 +254,7 @@ def test_each_local_worker_gets_its_own_gpu(raw_volume, checkpoint, tmp_path, mo
     (i // workers_per_gpu) mod 2; threads_per_worker sets a CPU worker's torch threads."""
     from neurosam.layout import WorkerSetup
     from neurosam.pipeline.plan import plan_run
-    from neurosam.workers.predict import choose_device, cpu_threads
+    from neurosam.stages.predict import choose_device, cpu_threads
 
     config = load_config(predict_config(tmp_path, raw_volume[0], checkpoint, workers_per_gpu=workers_per_gpu))
     plan = plan_run(config, check_database=False)

@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from neurosam.affinities import NEAREST_OFFSETS
-from neurosam.model import build_model
+from neurosam.model.build import build_model
 from neurosam.model.config import ModelConfig
-from neurosam.model.masking import MaskConfig, make_mask, patch_means
-from neurosam.model.pretraining import load_pretrain_config, load_pretrained, masked_reconstruction_loss, pretrain
-from neurosam.model.training import load_train_config, train_from_config
+from neurosam.training.masking import MaskConfig, make_mask, patch_means
+from neurosam.training.pretraining import load_pretrain_config, load_pretrained, masked_reconstruction_loss, pretrain
+from neurosam.training.training import load_train_config, train_from_config
 from test_training import write_config as write_train_config
 from test_training import write_volume
 

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from neurosam.agglomeration import EDGE_STATISTICS
+from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.config import load_config
 from neurosam.pipeline.run import run_pipeline
-from neurosam.pipeline import stages
+from neurosam.pipeline import registry
 from neurosam.pipeline.plan import task_ids
 from neurosam.rag import open_rag
-from neurosam.volumes import open_array
+from neurosam.io.volumes import open_array
 from pipeline_support import gala_inputs, write_config
 
 BLOCKS = {"block_size": (250, 250, 500), "context": (50, 50, 50)}
@@ -96,9 +96,9 @@ def test_worker_killed_mid_block_is_replaced_and_its_block_redone(inputs, refere
     """A slow stage registered after fragments leaves a record of every attempt at a block; a
     worker is killed while one of its blocks is started and not finished, and that block must
     be done again by another process, with the run's output exact."""
-    monkeypatch.setattr(stages, "STAGES", list(stages.STAGES))
+    monkeypatch.setattr(registry, "STAGES", list(registry.STAGES))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    stages.register(stages.Stage("slow_census", "sample_stage:slow_census_blocks", stages.plain_blocks), after="fragments")
+    registry.register(registry.Stage("slow_census", "sample_stage:slow_census_blocks", registry.plain_blocks), after="fragments")
     path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT)
     config = load_config(path)
     outcome = []

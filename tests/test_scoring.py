@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from waterz import _codegen
 
-from neurosam.scoring import ScoringFunctionError, check_scoring_function
+from neurosam.graph.scoring import ScoringFunctionError, check_scoring_function
 
 
 def test_every_function_waterz_ships_prebuilt_is_accepted():

@@ -27,7 +27,7 @@ from neurosam.pipeline.launchers import (
     submitted_jobs_file,
 )
 from neurosam.pipeline.run import run_pipeline
-from neurosam.volumes import open_array
+from neurosam.io.volumes import open_array
 from pipeline_support import gala_inputs, read_segmentation, write_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from neurosam.config import load_config
-from neurosam.pipeline import stages
+from neurosam.pipeline import registry
 from neurosam.pipeline.run import run_pipeline, run_status
-from neurosam.volumes import open_array
+from neurosam.io.volumes import open_array
 from pipeline_support import gala_inputs, write_config
 
 
 def test_a_registered_stage_runs_through_the_scheduler(tmp_path, monkeypatch):
-    monkeypatch.setattr(stages, "STAGES", list(stages.STAGES))
+    monkeypatch.setattr(registry, "STAGES", list(registry.STAGES))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    stages.register(stages.Stage("census", "sample_stage:census_blocks", stages.plain_blocks), after="fragments")
+    registry.register(registry.Stage("census", "sample_stage:census_blocks", registry.plain_blocks), after="fragments")
 
     inputs = {"affinities": gala_inputs(tmp_path / "inputs")["affinities"]}
     config_path = write_config(tmp_path / "run", inputs, (250, 500, 1000), (50, 50, 50), segment={"thresholds": [0.5]})
@@ -40,7 +40,7 @@ def test_only_the_predict_stage_imports_torch():
     import subprocess
     import sys
 
-    modules = [stage.block_function.split(":")[0] for stage in stages.STAGES if stage.name != "predict"]
-    script = "import sys\n" + "".join(f"import {m}\n" for m in modules + ["neurosam.pipeline.worker", "neurosam.pipeline.run"])
+    modules = [stage.block_function.split(":")[0] for stage in registry.STAGES if stage.name != "predict"]
+    script = "import sys\n" + "".join(f"import {m}\n" for m in modules + ["neurosam.pipeline.worker_process", "neurosam.pipeline.run"])
     script += "assert 'torch' not in sys.modules, 'torch imported'\n"
     subprocess.run([sys.executable, "-c", script], check=True)

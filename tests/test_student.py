@@ -9,10 +9,10 @@ import torch
 import yaml
 
 from neurosam.affinities import NEAREST_OFFSETS
-from neurosam.model import build_model
+from neurosam.model.build import build_model
 from neurosam.model.config import ModelConfig, Sam2Config, StudentConfig
-from neurosam.model.distillation import distill, load_distill_config, mutual_ema
-from neurosam.model.pretraining import load_pretrained
+from neurosam.training.distillation import distill, load_distill_config, mutual_ema
+from neurosam.training.pretraining import load_pretrained
 from neurosam.model.sam2_backbone import Sam2Backbone, build_image_encoder
 from neurosam.model.student import StudentBackbone, StudentEncoder
 from test_training import write_volume
@@ -86,7 +86,7 @@ def test_distillation_in_two_stages_makes_a_student_fgnet_starts_from(tmp_path):
 
 
 def test_a_student_fgnet_checkpoint_predicts_as_the_pipeline_loads_it(tmp_path):
-    from neurosam.model import load_model, save_checkpoint
+    from neurosam.model.build import load_model, save_checkpoint
     from neurosam.model.inference import predict_volume
 
     config = ModelConfig.model_validate(STUDENT_FGNET)

@@ -14,13 +14,13 @@ from scipy.ndimage import distance_transform_edt
 
 from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
 from neurosam.config import ConfigError
-from neurosam.model import build_model
-from neurosam.model.augment import AugmentConfig
+from neurosam.model.build import build_model
+from neurosam.training.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
-from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range
+from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range
 from neurosam.model.inference import predict_volume
-from neurosam.model.losses import LossConfig, affinity_loss, balanced_bce, class_balance_weights, dice_loss
-from neurosam.model.training import (
+from neurosam.training.losses import LossConfig, affinity_loss, balanced_bce, class_balance_weights, dice_loss
+from neurosam.training.training import (
     TRAINING_LOG,
     VALIDATION_LOG,
     load_train_config,
@@ -28,7 +28,7 @@ from neurosam.model.training import (
     train_from_config,
     train_step,
 )
-from neurosam.volumes import VolumeError, create_array
+from neurosam.io.volumes import VolumeError, create_array
 
 REPO = Path(__file__).resolve().parents[1]
 MEDULLA = REPO / "data" / "medulla_fibsem.h5"

@@ -20,7 +20,7 @@ from neurosam.config import load_config
 from neurosam.layout import segmentation_path
 from neurosam.pipeline.run import run_pipeline
 from neurosam.view import default_threshold, open_viewer
-from neurosam.volumes import open_array
+from neurosam.io.volumes import open_array
 from pipeline_support import gala_inputs, write_config
 
 pytestmark = pytest.mark.browser

@@ -9,7 +9,7 @@ import pytest
 from funlib.geometry import Roi
 
 from neurosam.cli import main
-from neurosam.volumes import VolumeError, create_array, dataset_exists, open_array, split_dataset_path
+from neurosam.io.volumes import VolumeError, create_array, dataset_exists, open_array, split_dataset_path
 from neurosam.layout import StoredArray
 from pipeline_support import data_file, read_h5
 

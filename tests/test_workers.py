@@ -14,12 +14,12 @@ from scipy.sparse.csgraph import connected_components
 from neurosam.affinities import boundary_to_affinities
 from neurosam.config import HIST_QUANT_50, HIST_QUANT_75, RunConfig
 from neurosam.rag import open_rag
-from neurosam.agglomeration import Scorer, agglomerate_graph, contact_statistics
-from neurosam.evaluate import evaluate
-from neurosam.scoring import ScoringFunctionError
-from neurosam.workers.fragments import fragment_nodes, relabel_local, watershed
-from neurosam.workers.labels import unique_inverse
-from neurosam.workers.segment import apply_lookup, find_segments, fragment_ids_path, lookup_path
+from neurosam.graph.agglomeration import Scorer, agglomerate_graph, contact_statistics
+from neurosam.graph.metrics import evaluate
+from neurosam.graph.scoring import ScoringFunctionError
+from neurosam.stages.fragments import fragment_nodes, relabel_local, watershed
+from neurosam.graph.labels import unique_inverse
+from neurosam.stages.segment import apply_lookup, find_segments, fragment_ids_path, lookup_path
 from pipeline_support import read_h5
 
 
@@ -168,7 +168,7 @@ def _segment_peak_growth(config_path: str) -> tuple[int, int]:
     """In a fresh process: resident memory before segment (imports, RAG open) and its peak."""
     from neurosam.config import load_config
     from neurosam.rag import open_rag
-    from neurosam.workers.segment import find_segments
+    from neurosam.stages.segment import find_segments
 
     def high_water_mark() -> int:
         with open("/proc/self/status") as status:

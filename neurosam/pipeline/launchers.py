@@ -44,7 +44,7 @@ def make_process_function(plan: RunPlan, plan_file: str, task: TaskLayout) -> Ca
         return functools.partial(
             run_slurm_worker, command, f"neurosam-{task.task_id}", config.workers.slurm_for(task.stage), config.work_dir
         )
-    from neurosam.pipeline.worker import serve_task
+    from neurosam.pipeline.worker_process import serve_task
 
     return functools.partial(serve_task, plan_file, task.task_id)
 

@@ -16,9 +16,9 @@ from funlib.geometry import Coordinate, Roi
 from neurosam.affinities import NEAREST_OFFSETS
 from neurosam.config import RunConfig
 from neurosam.layout import RunPlan, StoredArray, TaskLayout
-from neurosam.pipeline.stages import OutputArray, Stage, stages_for
+from neurosam.pipeline.registry import OutputArray, Stage, stages_for
 from neurosam.rag import open_rag
-from neurosam.volumes import array_attrs, create_array, dataset_exists, describe, open_array
+from neurosam.io.volumes import array_attrs, create_array, dataset_exists, describe, open_array
 
 MAX_CHUNK_VOXELS = 64
 WRITER_ATTRIBUTE = "neurosam_task"
@@ -81,7 +81,7 @@ def _input_affinities(config: RunConfig):
 def _predicted_affinities(config: RunConfig):
     """Affinities this run predicts from the raw with the configured checkpoint, which is read
     here in full, so a missing, corrupt or mismatched file fails before any block."""
-    from neurosam.model import ModelCheckpointError, load_model
+    from neurosam.model.build import ModelCheckpointError, load_model
 
     predict = config.predict
     if config.datasets.raw is None:

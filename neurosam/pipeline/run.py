@@ -18,9 +18,9 @@ from neurosam.config import load_config
 from neurosam.layout import RunPlan, segmentation_path
 from neurosam.pipeline.plan import overwritten_outputs, plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
-from neurosam.pipeline.stages import stages_for
+from neurosam.pipeline.registry import stages_for
 from neurosam.pipeline.tasks import block_count, build_pipeline
-from neurosam.pipeline.worker import FAILED_BLOCKS
+from neurosam.pipeline.worker_process import FAILED_BLOCKS
 from neurosam.rag import open_rag
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import tifffile
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.volumes import VolumeError, create_array, describe, open_array, split_dataset_path
+from neurosam.io.volumes import VolumeError, create_array, describe, open_array, split_dataset_path
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff")

@@ -24,14 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from neurosam.affinities import NEAREST_OFFSETS
 from neurosam.config import HIST_QUANT_50, ConfigError, Vector3, load_file_config
-from neurosam.evaluate import evaluate
-from neurosam.model import build_model, load_model, save_checkpoint
-from neurosam.model.augment import AugmentConfig
+from neurosam.graph.metrics import evaluate
+from neurosam.model.build import build_model, load_model, save_checkpoint
+from neurosam.training.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
 from neurosam.model.inference import predict_volume
-from neurosam.model.data import DataConfig, PatchSampler, TrainingBatches, load_range, open_dataset
-from neurosam.model.losses import HEADS, LossConfig, affinity_loss
-from neurosam.model.pretraining import load_pretrained
+from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range, open_dataset
+from neurosam.training.losses import HEADS, LossConfig, affinity_loss
+from neurosam.training.pretraining import load_pretrained
 from neurosam.quiet import quiet_stdout
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Masked image modelling on unlabelled EM: ``neurosam pretrain CONFIG``.
 
-Patches of raw are masked (``neurosam.model.masking``), the hidden voxels set to 0, and a
+Patches of raw are masked (``neurosam.training.masking``), the hidden voxels set to 0, and a
 network reconstructs them; the loss counts the masked voxels only. Two targets:
 
 - ``fge``: the fine-grained 3D encoder with the U-Net expanding path (the decoder trunk of every
@@ -30,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neurosam.config import ConfigError, PositiveVector3, load_file_config
 from neurosam.model.config import ModelConfig
-from neurosam.model.data import open_dataset, raw_to_float
+from neurosam.training.data import open_dataset, raw_to_float
 from neurosam.model.decoder import SkipDecoder
 from neurosam.model.fge import FineGrainedEncoder
-from neurosam.model.masking import MaskConfig, make_mask
+from neurosam.training.masking import MaskConfig, make_mask
 from neurosam.model.sam2_backbone import FEATURE_CHANNELS, Sam2Backbone
 
 logger = logging.getLogger(__name__)

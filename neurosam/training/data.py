@@ -17,8 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from neurosam.affinities import labels_to_affinities
-from neurosam.model.augment import UNKNOWN_LABEL, AugmentConfig, augment_geometry, augment_intensity
-from neurosam.volumes import VolumeError, open_array
+from neurosam.training.augment import UNKNOWN_LABEL, AugmentConfig, augment_geometry, augment_intensity
+from neurosam.io.volumes import VolumeError, open_array
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 

@@ -1,6 +1,6 @@
 """waterz scoring functions, checked against waterz's grammar before any work.
 
-neurosam scores edges itself, from the RAG's statistics (``neurosam.agglomeration``), in
+neurosam scores edges itself, from the RAG's statistics (``neurosam.graph.agglomeration``), in
 waterz's scoring language; waterz would paste such a string verbatim into C++ and compile it,
 so only the accumulators and operators waterz defines are accepted, with their parameters
 (quantiles, bin counts, k) as plain integers, composed the way waterz composes them; anything

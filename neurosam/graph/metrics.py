@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.volumes import VolumeError, open_array, require_same_voxel_size
+from neurosam.io.volumes import VolumeError, open_array, require_same_voxel_size
 
 DEFAULT_CHUNK_SHAPE = (128, 128, 128)
 CHUNKS_PER_MERGE = 32

@@ -1,4 +1,4 @@
-"""Segments: the global agglomeration of the whole RAG (``neurosam.agglomeration``), cut at
+"""Segments: the global agglomeration of the whole RAG (``neurosam.graph.agglomeration``), cut at
 each threshold.
 
 One pass merges up to the highest threshold, and a merge belongs to every threshold above its
@@ -16,11 +16,11 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from neurosam.agglomeration import EDGE_STATISTICS, agglomerate_graph, join_cut_basins
+from neurosam.graph.agglomeration import EDGE_STATISTICS, agglomerate_graph, join_cut_basins
 from neurosam.config import RunConfig
 from neurosam.layout import WorkerSetup, fragment_ids_path, lookup_dir, lookup_path
 from neurosam.rag import RagStore
-from neurosam.workers.labels import unique_inverse
+from neurosam.graph.labels import unique_inverse
 
 
 def _write_fragment_ids(ids: np.ndarray, path: Path) -> None:

@@ -116,7 +116,7 @@ class BlockPredictor:
 def predict_blocks(setup: WorkerSetup):
     import torch
 
-    from neurosam.model import load_model
+    from neurosam.model.build import load_model
 
     device = choose_device(setup)
     if device.type == "cpu":

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neurosam.volumes import SPATIAL_AXES, VolumeError
+from neurosam.io.volumes import SPATIAL_AXES, VolumeError
 
 if TYPE_CHECKING:
     from funlib.persistence import Array

@@ -1,6 +1,6 @@
 """Agglomerate, block-wise part: the affinity statistics of every pair of touching fragments,
 over their whole contact surface, written to the RAG for the global agglomeration of the
-segment stage (``neurosam.agglomeration`` says why that is faithful).
+segment stage (``neurosam.graph.agglomeration`` says why that is faithful).
 
 A fragment lies inside its block's write ROI, so every voxel pair of its contacts lies in the
 write ROI grown by one voxel, which is all a block reads. Across a block face, the fragments
@@ -16,10 +16,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from neurosam.agglomeration import contact_statistics
+from neurosam.graph.agglomeration import contact_statistics
 from neurosam.layout import WorkerSetup, claims_role
-from neurosam.workers.fragments import read_nearest_affinities
-from neurosam.workers.labels import unique_inverse
+from neurosam.stages.fragments import read_nearest_affinities
+from neurosam.graph.labels import unique_inverse
 
 
 def agglomerate_block(setup: WorkerSetup, block) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from neurosam.scoring import ScoringFunctionError, parse_scoring_function
+from neurosam.graph.scoring import ScoringFunctionError, parse_scoring_function
 
 #: What each RAG edge carries: the contact surface's affinity statistics.
 EDGE_STATISTICS = ("affinity_max", "affinity_min", "affinity_sum", "contact_area", "claimed_area")

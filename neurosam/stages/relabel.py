@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from neurosam.layout import WorkerSetup, fragment_ids_path, lookup_path, segmentation_role
-from neurosam.workers.labels import unique_inverse
-from neurosam.workers.segment import apply_lookup
+from neurosam.graph.labels import unique_inverse
+from neurosam.stages.segment import apply_lookup
 
 
 def relabel_block(setup: WorkerSetup, block) -> None:

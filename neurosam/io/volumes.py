@@ -57,7 +57,7 @@ def open_array(path: str | os.PathLike, mode: str = "r") -> Array:
     if not dataset_exists(path):
         raise VolumeError(f"{path}: no dataset '{dataset}' in {container}")
     if container.suffix == ".n5":
-        from neurosam.n5 import open_n5
+        from neurosam.io.n5 import open_n5
 
         return open_n5(container, dataset)
     from funlib.persistence import open_ds

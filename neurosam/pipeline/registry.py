@@ -105,20 +105,20 @@ def _segmentation_outputs(plan: RunPlan) -> list[OutputArray]:
 
 STAGES: list[Stage] = [
     Stage(
-        "predict", "neurosam.workers.predict:predict_blocks", predict_blocks,
+        "predict", "neurosam.stages.predict:predict_blocks", predict_blocks,
         sections=("datasets", "roi", "predict"),
         enabled=lambda config: config.predict is not None,
         outputs=_affinities_output, uses_gpu=True,
     ),
     Stage(
-        "fragments", "neurosam.workers.fragments:fragments_blocks", post_processing_blocks,
+        "fragments", "neurosam.stages.fragments:fragments_blocks", post_processing_blocks,
         sections=("datasets", "roi", "blocks", "fragments"), outputs=_fragments_output,
     ),
-    Stage("agglomerate", "neurosam.workers.agglomerate:agglomerate_blocks", contact_blocks),
-    Stage("segment", "neurosam.workers.segment:segment_blocks", whole_volume, sections=("agglomerate", "segment")),
-    Stage("relabel", "neurosam.workers.relabel:relabel_blocks", plain_blocks, outputs=_segmentation_outputs),
+    Stage("agglomerate", "neurosam.stages.contacts:agglomerate_blocks", contact_blocks),
+    Stage("segment", "neurosam.stages.segment:segment_blocks", whole_volume, sections=("agglomerate", "segment")),
+    Stage("relabel", "neurosam.stages.relabel:relabel_blocks", plain_blocks, outputs=_segmentation_outputs),
     Stage(
-        "evaluate", "neurosam.workers.evaluation:evaluate_blocks", whole_volume,
+        "evaluate", "neurosam.stages.evaluate:evaluate_blocks", whole_volume,
         sections=("evaluate",), enabled=lambda config: config.datasets.ground_truth is not None,
     ),
 ]

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.config import RunConfig
-from neurosam.evaluate import evaluate_many, plot_scores_vs_threshold, plot_segmentation_slice, write_report
+from neurosam.graph.metrics import evaluate_many, plot_scores_vs_threshold, plot_segmentation_slice, write_report
 from neurosam.layout import WorkerSetup, segmentation_path
-from neurosam.volumes import open_array
+from neurosam.io.volumes import open_array
 
 
 def middle_section(roi: Roi, voxel_size: Coordinate) -> Roi:

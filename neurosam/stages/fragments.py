@@ -15,7 +15,7 @@ from funlib.geometry import Roi
 
 from neurosam.affinities import to_float
 from neurosam.layout import RunPlan, WorkerSetup, claims_role
-from neurosam.workers.labels import runs
+from neurosam.graph.labels import runs
 
 
 def read_nearest_affinities(plan: RunPlan, roi: Roi) -> np.ndarray:
@@ -83,7 +83,7 @@ def extract_fragments(setup: WorkerSetup, block) -> None:
 def write_claims(plan: RunPlan, block, labels: np.ndarray, inner: Roi, global_ids: np.ndarray) -> None:
     """The slab of voxels just beyond the block's upper face along each axis, labelled with the
     fragment whose watershed basin covers them here: the agglomerate stage knows by it which
-    fragments are one basin cut by the face (``neurosam.agglomeration``)."""
+    fragments are one basin cut by the face (``neurosam.graph.agglomeration``)."""
     for axis in range(3):
         offset, shape = list(inner.offset), list(inner.shape)
         offset[axis], shape[axis] = inner.end[axis], 1

@@ -1,0 +1,1 @@
+"""One module per stage: its declaration, its planning rules and its block function."""
