@@ -48,6 +48,7 @@ def training_seconds(rows: list[dict]) -> float:
 def pipeline_scores(checkpoint: Path) -> dict:
     """The demo config, pointed at ``checkpoint`` and a temporary work dir, run end to end."""
     from neurosam.config import load_config
+    from neurosam.layout import evaluation_path
     from neurosam.pipeline.run import run_pipeline
     from neurosam.quiet import quiet_stdout
 
@@ -65,7 +66,7 @@ def pipeline_scores(checkpoint: Path) -> dict:
         path.write_text(yaml.safe_dump(config))
         with quiet_stdout():
             summary = run_pipeline(path, echo_progress=False)
-        report = json.loads((work_dir / "evaluation.json").read_text())
+        report = json.loads(evaluation_path(work_dir).read_text())
     return {"seconds": summary["seconds"], **report}
 
 

@@ -59,14 +59,14 @@ from funlib.geometry import Coordinate, Roi
 from scipy import ndimage
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities, to_float
-from neurosam.config import AgglomerateConfig, SegmentConfig
+from neurosam.config import SegmentConfig
 from neurosam.pipeline.plan import output_chunk_voxels
 from neurosam.quiet import quiet_stdout
 from neurosam.io.volumes import create_array, open_array
 
 MEDULLA = Path(__file__).resolve().parents[1] / "data" / "medulla_fibsem.h5"
 SCORING_NAME = "hist_quant_50"
-SCORING_FUNCTION = AgglomerateConfig().scoring_functions[SCORING_NAME]
+SCORING_FUNCTION = SegmentConfig().scoring_functions[SCORING_NAME]
 THRESHOLDS = SegmentConfig().thresholds
 BOUNDARY_DECAY_VOXELS = 1.5
 NOISE_STD = 0.15
@@ -168,8 +168,7 @@ def write_config(work_dir: Path, affinities: Path, block: int, context: int | No
         "blocks": blocks,
         "workers": {"count": workers},
         "rag": {"url": f"sqlite:///{work_dir / 'rag.db'}"},
-        "agglomerate": {"scoring_functions": {SCORING_NAME: SCORING_FUNCTION}},
-        "segment": {"scoring_function": SCORING_NAME, "thresholds": THRESHOLDS},
+        "segment": {"scoring_functions": {SCORING_NAME: SCORING_FUNCTION}, "scoring_function": SCORING_NAME, "thresholds": THRESHOLDS},
     }
     work_dir.mkdir(parents=True)
     path = work_dir / "config.yaml"

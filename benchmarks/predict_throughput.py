@@ -74,14 +74,14 @@ def predict_config(work_dir: Path, raw: str, voxel_size: Coordinate, workers: in
 def run_pipeline_predict(config_path: Path) -> dict:
     from neurosam.pipeline.run import run_pipeline
     from neurosam.quiet import quiet_stdout
-    from neurosam.stages.predict import timings_dir
+    from neurosam.layout import predict_timings_dir
 
     started = time.perf_counter()
     with quiet_stdout():
         run_pipeline(config_path, until="predict", echo_progress=False)
     seconds = time.perf_counter() - started
     split: dict[str, float] = {}
-    for record in timings_dir(config_path.parent).glob("*.json"):
+    for record in predict_timings_dir(config_path.parent).glob("*.json"):
         for name, value in json.loads(record.read_text())["seconds"].items():
             split[name] = split.get(name, 0.0) + value
     return {"seconds": seconds, "split": split}
@@ -94,7 +94,7 @@ def bare_forward(config_path: Path) -> float:
     from neurosam.model.inference import normalise, predict_tiles
     from neurosam.pipeline.plan import plan_run
     from neurosam.pipeline.tasks import block_ids
-    from neurosam.stages.predict import choose_device, tile_rows
+    from neurosam.stages.predict import choose_device, tile_context, tile_core, tile_rows
     from neurosam.layout import WorkerSetup
 
     plan = plan_run(load_config(config_path), check_database=False)
@@ -103,12 +103,12 @@ def bare_forward(config_path: Path) -> float:
     device = choose_device(setup)
     model, _, _ = load_model(plan.config.predict.checkpoint, map_location=device)
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    core = Coordinate(plan.config.predict.tile_core) * plan.voxel_size
+    core, context = tile_core(plan), tile_context(plan)
     rows = []
     for position in np.ndindex(*block_ids(task).shape):
         write_roi = Roi(plan.volume_roi.offset + task.write_roi.shape * Coordinate(position), task.write_roi.shape)
         write_roi = write_roi.intersect(plan.volume_roi)
-        rows += [normalise(plan.arrays["raw"].read_mirrored(roi)) for roi in tile_rows(write_roi, core, plan.predict_context)]
+        rows += [normalise(plan.arrays["raw"].read_mirrored(roi)) for roi in tile_rows(write_roi, core, context)]
     settings = plan.config.predict
     if device.type == "cuda":
         torch.cuda.synchronize()

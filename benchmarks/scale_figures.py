@@ -97,7 +97,8 @@ def main() -> None:
         loaded = load_config(path)
         database = Path(loaded.rag.url.removeprefix("sqlite:///"))
         with open_rag(loaded.rag.url) as rag:
-            nodes, edges = rag.count_nodes(), rag.count_edges()
+            nodes = len(rag.read_nodes()["ids"])
+            edges = sum(len(u) for u, _, _ in rag.iter_edges(EDGE_STATISTICS[0], 1_000_000))
         database_bytes = database.stat().st_size
         global_step = in_fresh_process(segment_figures, path)
 
@@ -115,7 +116,7 @@ def main() -> None:
     print(f"RAG: {nodes:,} nodes, {edges:,} edges ({len(EDGE_STATISTICS)} statistics each): {rows:,} rows, "
           f"{rows / voxels:.2e} rows and {database_bytes / voxels:.3f} bytes per voxel (SQLite file {database_bytes / 2**20:.1f} MiB)")
     print(f"database writes per block: {nodes / blocks:.0f} node rows (fragments), {edges * len(EDGE_STATISTICS) / blocks:.0f} "
-          f"edge rows (agglomerate), each as one upsert statement per stage, and one done record per block and task")
+          f"edge rows (contacts), each as one upsert statement per stage, and one done record per block and task")
     print(f"global step (segment): {global_step['seconds']:.2f} s, peak memory +{global_step['peak_growth'] / 2**20:.0f} MiB: "
           f"{1e6 * global_step['seconds'] / max(edges, 1):.1f} us and {global_step['peak_growth'] / max(edges, 1):.0f} bytes per edge")
     print("scheduler (the run's process, daisy's server in it): peak memory "

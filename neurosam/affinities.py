@@ -16,6 +16,14 @@ NEAREST_OFFSETS: list[list[int]] = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
 LONG_RANGE_OFFSETS: list[list[int]] = [[-3, 0, 0], [0, -9, 0], [0, 0, -9], [-9, 0, 0], [0, -27, 0], [0, 0, -27]]
 
 
+def nearest_neighbour_channels(offsets: list[list[int]]) -> list[int]:
+    """waterz reads the three nearest-neighbour affinities; find them among the stored offsets."""
+    try:
+        return [offsets.index(offset) for offset in NEAREST_OFFSETS]
+    except ValueError:
+        raise ValueError(f"affinity offsets {offsets} lack the nearest neighbours {NEAREST_OFFSETS}") from None
+
+
 def _shifted_pair(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Slices (here, there) such that ``there`` is ``here`` moved by ``offset``."""
     here, there = [], []

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from neurosam.config import ConfigError
+from neurosam.io import VolumeError
 from neurosam.pipeline.registry import stage_names
-from neurosam.io.volumes import VolumeError
+from neurosam.stages.stage import InputError
 
 
 def _run(args) -> None:
@@ -104,6 +105,7 @@ def _export(args) -> None:
 
 
 RUN_CONFIG_HELP = "the run's config (YAML), e.g. configs/demo.yaml"
+RENAMED_COMMANDS = {"agglomerate": "contacts"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,10 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from neurosam.pipeline.plan import InputError
     from neurosam.pipeline.run import RunFailed
     from neurosam.rag import RagError
 
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in RENAMED_COMMANDS:
+        print(f"neurosam: error: the command {command} is now called {RENAMED_COMMANDS[command]}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("numexpr").setLevel(logging.WARNING)

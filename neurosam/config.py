@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator, model_validator
 
+from neurosam.model.tiles import tile_core
+
 Vector3 = tuple[int, int, int]
 PositiveVector3 = tuple[PositiveInt, PositiveInt, PositiveInt]
 HIST_QUANT_50 = "OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256>>"
@@ -121,15 +123,14 @@ class PredictConfig(StrictModel):
 
     @model_validator(mode="after")
     def _tile_has_core(self) -> "PredictConfig":
-        if any(t - 2 * c <= 0 for t, c in zip(self.tile_shape, self.tile_context)):
-            raise ValueError(f"tile_context {self.tile_context} leaves no core in tile_shape {self.tile_shape}")
+        tile_core(self.tile_shape, self.tile_context)
         if self.raw_range[1] <= self.raw_range[0]:
             raise ValueError(f"raw_range {self.raw_range} must be (low, high) with low < high")
         return self
 
     @property
     def tile_core(self) -> tuple[int, int, int]:
-        return tuple(t - 2 * c for t, c in zip(self.tile_shape, self.tile_context))
+        return tuple(int(c) for c in tile_core(self.tile_shape, self.tile_context))
 
 
 class FragmentsConfig(StrictModel):
@@ -137,15 +138,19 @@ class FragmentsConfig(StrictModel):
     min_size: int = Field(0, ge=0)
 
 
-class AgglomerateConfig(StrictModel):
-    """waterz scoring functions by name; ``segment.scoring_function`` picks the one to merge by."""
+class SegmentConfig(StrictModel):
+    """The global agglomeration: waterz scoring functions by name, the one to merge by, and the
+    thresholds to cut the merges at."""
 
+    scoring_function: str = "hist_quant_50"
     scoring_functions: dict[str, str] = Field(
         default_factory=lambda: {
             "hist_quant_50": HIST_QUANT_50,
             "hist_quant_75": HIST_QUANT_75,
         }
     )
+    thresholds: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
+    edges_per_page: int = Field(1_000_000, ge=1)
 
     @field_validator("scoring_functions")
     @classmethod
@@ -164,18 +169,20 @@ class AgglomerateConfig(StrictModel):
                 raise ValueError(f"{name}: not a waterz scoring function ({error})") from None
         return scoring_functions
 
-
-class SegmentConfig(StrictModel):
-    scoring_function: str = "hist_quant_50"
-    thresholds: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
-    edges_per_page: int = Field(1_000_000, ge=1)
-
     @field_validator("thresholds")
     @classmethod
     def _thresholds(cls, thresholds: list[float]) -> list[float]:
         if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
             raise ValueError(f"thresholds must be a non-empty list in [0, 1], got {thresholds}")
         return sorted(set(thresholds))
+
+    @model_validator(mode="after")
+    def _scoring_function_is_defined(self) -> "SegmentConfig":
+        if self.scoring_function not in self.scoring_functions:
+            raise ValueError(
+                f"scoring_function {self.scoring_function!r} is not one of scoring_functions {sorted(self.scoring_functions)}"
+            )
+        return self
 
 
 class EvaluateConfig(StrictModel):
@@ -191,18 +198,8 @@ class RunConfig(StrictModel):
     rag: RagConfig = Field(default_factory=RagConfig)
     predict: PredictConfig | None = None
     fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
-    agglomerate: AgglomerateConfig = Field(default_factory=AgglomerateConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-
-    @model_validator(mode="after")
-    def _segment_scoring_is_computed(self) -> "RunConfig":
-        if self.segment.scoring_function not in self.agglomerate.scoring_functions:
-            raise ValueError(
-                f"segment.scoring_function {self.segment.scoring_function!r} is not one of "
-                f"agglomerate.scoring_functions {sorted(self.agglomerate.scoring_functions)}"
-            )
-        return self
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections: a task's done records live under it, so changing
@@ -310,9 +307,23 @@ def format_validation_error(path: str | Path, error: ValidationError) -> str:
     return f"{path}: invalid config: " + "; ".join(problems)
 
 
+def _refuse_renamed_keys(data: dict, path: Path) -> None:
+    """Configs written before the stages were renamed fail with the new names, not as unknown keys."""
+    if "agglomerate" in data:
+        raise ConfigError(
+            f"{path}: the agglomerate section is gone: its scoring_functions are now segment.scoring_functions "
+            "(the stage that computes contact statistics is now called contacts)"
+        )
+    workers = data.get("workers")
+    if isinstance(workers, dict) and isinstance(workers.get("stages"), dict) and "agglomerate" in workers["stages"]:
+        raise ConfigError(f"{path}: workers.stages.agglomerate: the stage is now called contacts (workers.stages.contacts)")
+
+
 def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
-    data = _resolve_relative(load_yaml(path), path.resolve().parent)
+    data = load_yaml(path)
+    _refuse_renamed_keys(data, path)
+    data = _resolve_relative(data, path.resolve().parent)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:

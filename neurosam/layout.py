@@ -13,30 +13,25 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.config import RunConfig
-from neurosam.io.volumes import split_dataset_path
+from neurosam.io.volumes import AXES, open_storage
+
+if TYPE_CHECKING:
+    from neurosam.rag import RagStore
 
 PLAN_FILE = "plan.json"
 
 
-@functools.cache
-def open_storage(path: str, mode: str = "r"):
-    """The dataset's zarr array (or N5 reader), opened once per process: opening reads metadata
-    from disk. Workers open storage directly, without funlib.persistence and the dask, xarray
-    and pandas it imports (over half a second of every worker's start)."""
-    container, dataset = split_dataset_path(path)
-    if container.suffix == ".n5":
-        from neurosam.io.n5 import N5Dataset
-
-        return N5Dataset(container / dataset)
-    return zarr.open_array(str(Path(container) / dataset), mode=mode)
+_storage = functools.cache(open_storage)
+"""Workers open each dataset once per process: opening reads metadata from disk."""
 
 
 def _roi_json(roi: Roi) -> dict:
@@ -63,7 +58,7 @@ class StoredArray:
 
     def read(self, roi: Roi, fill_value=0) -> np.ndarray:
         """The voxels of ``roi`` (channels first), ``fill_value`` where ``roi`` leaves the array."""
-        storage = open_storage(self.path)
+        storage = _storage(self.path)
         data = np.full((*self.channels, *(roi.shape / self.voxel_size)), fill_value, dtype=storage.dtype)
         shared = self.roi.intersect(roi)
         if not shared.empty:
@@ -74,7 +69,7 @@ class StoredArray:
         """The voxels of ``roi``, mirrored at the array's borders where ``roi`` leaves it: the
         same values ``numpy.pad(whole_array, mode="reflect")`` gives, so a block predicted near
         the border sees what a prediction of the whole volume sees."""
-        storage = open_storage(self.path)
+        storage = _storage(self.path)
         start = (roi.offset - self.roi.offset) / self.voxel_size
         axes = [
             _mirrored_indices(begin, size, extent)
@@ -88,7 +83,7 @@ class StoredArray:
     def write(self, roi: Roi, data: np.ndarray) -> None:
         if not self.roi.contains(roi):
             raise ValueError(f"{self.path}: cannot write {roi}, outside the array's ROI {self.roi}")
-        open_storage(self.path, mode="r+")[self._slices(roi, self.roi.offset)] = data
+        _storage(self.path, mode="r+")[self._slices(roi, self.roi.offset)] = data
 
     def _slices(self, roi: Roi, origin: Coordinate) -> tuple[slice, ...]:
         """Index of ``roi`` in an array of this one's channels whose first voxel lies at ``origin``."""
@@ -160,25 +155,11 @@ class RunPlan:
     volume_roi: Roi
     voxel_size: Coordinate
     block_size: Coordinate
-    context: Coordinate
     arrays: dict[str, StoredArray]
     affinity_offsets: list[list[int]]
     nearest_affinity_channels: tuple[int, ...]
-    predict_block_size: Coordinate | None = None
-    predict_context: Coordinate | None = None
     tasks: dict[str, TaskLayout] = field(default_factory=dict)
-
-    @property
-    def voxels_per_block(self) -> int:
-        """Fragment ids are ``block id * voxels_per_block + local id`` (local ids from 1): unique
-        volume-wide without coordination, never 0, and the owning block reads back from the id."""
-        return int(np.prod(self.block_size / self.voxel_size))
-
-    def first_fragment_id(self, block_id: int) -> int:
-        return block_id * self.voxels_per_block
-
-    def owner_block(self, fragment_ids: np.ndarray) -> np.ndarray:
-        return (fragment_ids.astype(np.uint64) - 1) // np.uint64(self.voxels_per_block)
+    """By task id, in pipeline order."""
 
     def task_of_stage(self, stage: str) -> TaskLayout:
         return next(task for task in self.tasks.values() if task.stage == stage)
@@ -188,39 +169,27 @@ class RunPlan:
         return self.config.work_dir
 
     def to_json(self) -> dict:
-        def coordinate(value: Coordinate | None) -> list[int] | None:
-            return None if value is None else list(value)
-
         return {
             "config": self.config.model_dump(mode="json"),
             "volume_roi": _roi_json(self.volume_roi),
             "voxel_size": list(self.voxel_size),
             "block_size": list(self.block_size),
-            "context": list(self.context),
             "arrays": {role: array.to_json() for role, array in self.arrays.items()},
             "affinity_offsets": self.affinity_offsets,
             "nearest_affinity_channels": list(self.nearest_affinity_channels),
-            "predict_block_size": coordinate(self.predict_block_size),
-            "predict_context": coordinate(self.predict_context),
             "tasks": {task_id: task.to_json() for task_id, task in self.tasks.items()},
         }
 
     @classmethod
     def from_json(cls, data: dict) -> RunPlan:
-        def coordinate(value: list[int] | None) -> Coordinate | None:
-            return None if value is None else Coordinate(value)
-
         return cls(
             config=RunConfig.model_validate(data["config"]),
             volume_roi=_roi(data["volume_roi"]),
             voxel_size=Coordinate(data["voxel_size"]),
             block_size=Coordinate(data["block_size"]),
-            context=Coordinate(data["context"]),
             arrays={role: StoredArray.from_json(array) for role, array in data["arrays"].items()},
             affinity_offsets=data["affinity_offsets"],
             nearest_affinity_channels=tuple(data["nearest_affinity_channels"]),
-            predict_block_size=coordinate(data["predict_block_size"]),
-            predict_context=coordinate(data["predict_context"]),
             tasks={task_id: TaskLayout.from_json(task) for task_id, task in data["tasks"].items()},
         )
 
@@ -243,7 +212,54 @@ def load_plan(path: str) -> RunPlan:
     return RunPlan.from_json(json.loads(Path(path).read_text()))
 
 
-AXES = "zyx"
+def logs_dir(work_dir: Path) -> Path:
+    return Path(work_dir) / "logs"
+
+
+def task_logs_dir(work_dir: Path, task_id: str) -> Path:
+    """daisy's worker logs of the task, and its workers' records of failed blocks."""
+    return logs_dir(work_dir) / task_id
+
+
+FAILED_BLOCKS = "failed_blocks-*.jsonl"
+
+
+def failed_blocks_file(work_dir: Path, task_id: str) -> Path:
+    """Where a worker process records the blocks it failed, one JSON line each."""
+    return task_logs_dir(work_dir, task_id) / f"failed_blocks-{os.getpid()}.jsonl"
+
+
+def scheduler_log_path(work_dir: Path) -> Path:
+    return logs_dir(work_dir) / "scheduler.log"
+
+
+def progress_log_path(work_dir: Path) -> Path:
+    return logs_dir(work_dir) / "progress.log"
+
+
+def slurm_logs_dir(work_dir: Path) -> Path:
+    return logs_dir(work_dir) / "slurm"
+
+
+def submitted_jobs_file(work_dir: Path) -> Path:
+    return Path(work_dir) / "slurm_jobs.txt"
+
+
+def predict_timings_dir(work_dir: Path) -> Path:
+    return logs_dir(work_dir) / "predict_timings"
+
+
+def summary_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "summary.json"
+
+
+def evaluation_path(work_dir: Path) -> Path:
+    return Path(work_dir) / "evaluation.json"
+
+
+def evaluation_pictures(work_dir: Path) -> tuple[Path, Path]:
+    """The best threshold's segmentation over a section of the raw, and scores by threshold."""
+    return Path(work_dir) / "segmentation.png", Path(work_dir) / "evaluation.png"
 
 
 def claims_role(axis: int) -> str:
@@ -276,6 +292,11 @@ def lookup_path(config: RunConfig, threshold: float) -> Path:
     return lookup_dir(config) / f"threshold_{threshold:.4f}.npy"
 
 
+def union_find_path(config: RunConfig) -> Path:
+    """The segment stage's working file, removed when the lookup tables are written."""
+    return lookup_dir(config) / "union_find.npy"
+
+
 @dataclass(frozen=True)
 class WorkerSetup:
     """What a block function is set up with, once per worker process: the plan, its task, the
@@ -283,5 +304,10 @@ class WorkerSetup:
 
     plan: RunPlan
     task: TaskLayout
-    rag: object
+    rag: RagStore
     index: int = 0
+
+    @property
+    def settings(self) -> Any:
+        """The stage's own config section (named after the stage), None for a stage without one."""
+        return getattr(self.plan.config, self.task.stage, None)

@@ -7,12 +7,13 @@ import json
 import os
 import threading
 
+import numpy as np
+
 from funlib.geometry import Coordinate, Roi
 
 from neurosam import layout
 from neurosam.config import RunConfig
-from neurosam.graph.metrics import plot_segmentation_slice
-from neurosam.io.volumes import VolumeError, dataset_exists, open_array, require_same_voxel_size
+from neurosam.io.volumes import VolumeError, dataset_exists, open_array, open_storage, require_same_voxel_size
 
 
 # The first three affinity channels (by default the nearest neighbours along z, y, x) as red, green, blue.
@@ -58,7 +59,7 @@ def render_overview(
 def default_threshold(config: RunConfig) -> float:
     """The threshold that scored best when the run was evaluated, else the middle one: the
     segmentation most worth looking at first."""
-    evaluation = config.work_dir / "evaluation.json"
+    evaluation = layout.evaluation_path(config.work_dir)
     if evaluation.exists():
         return float(json.loads(evaluation.read_text())["best_threshold"])
     thresholds = config.segment.thresholds
@@ -74,7 +75,7 @@ def _local_volume(path: str, volume_type: str):
     array = open_array(path)
     channels = array.channel_dims
     return neuroglancer.LocalVolume(
-        array._source_data,
+        open_storage(path),
         dimensions=neuroglancer.CoordinateSpace(
             names=["c^"] * channels + ["z", "y", "x"],
             units=[""] * channels + ["nm"] * 3,
@@ -126,3 +127,93 @@ def serve(viewer) -> None:
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
+
+
+def _segment_colours(segmentation: np.ndarray) -> np.ndarray:
+    """RGBA per voxel, a colour fixed by the id alone so a segment looks the same in every picture."""
+    import matplotlib.colors
+
+    ids = segmentation.astype(np.uint64)
+    hue = (ids * np.uint64(0x9E3779B97F4A7C15) >> np.uint64(40)).astype(np.float64) / 2.0**24
+    saturation = 0.55 + 0.45 * ((ids * np.uint64(0xC2B2AE3D27D4EB4F) >> np.uint64(60)).astype(np.float64) / 16.0)
+    hsv = np.stack([hue, saturation, np.ones_like(hue)], axis=-1)
+    rgba = np.concatenate([matplotlib.colors.hsv_to_rgb(hsv), np.ones((*ids.shape, 1))], axis=-1)
+    rgba[ids == 0] = 0.0
+    return rgba
+
+
+def _boundaries(labels: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour carries another label."""
+    edges = np.zeros(labels.shape, dtype=bool)
+    edges[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edges[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edges
+
+
+def plot_segmentation_slice(
+    raw: np.ndarray,
+    segmentation: np.ndarray,
+    path: str | os.PathLike,
+    z: int | None = None,
+    colour_alpha: float = 0.35,
+    boundary_colour: str = "yellow",
+    title: str | None = None,
+) -> None:
+    """Draw section ``z`` (default: the middle one) of the raw with segments over it.
+
+    Segments are tinted in translucent colours (``colour_alpha`` 0 turns that off) and outlined
+    (``boundary_colour`` None turns that off). Segment 0 is left untinted.
+    """
+    import matplotlib.colors
+    from matplotlib.figure import Figure
+
+    if raw.shape != segmentation.shape or raw.ndim != 3:
+        raise ValueError(f"raw {raw.shape} and segmentation {segmentation.shape} must be 3D volumes of one shape")
+    z = raw.shape[0] // 2 if z is None else z
+    if not 0 <= z < raw.shape[0]:
+        raise ValueError(f"section z={z} is outside the volume's {raw.shape[0]} sections")
+    section = segmentation[z]
+
+    height, width = section.shape
+    figure = Figure(figsize=(8, 8 * height / width), dpi=100)
+    axis = figure.subplots()
+    axis.imshow(raw[z], cmap="gray", interpolation="nearest")
+    if colour_alpha > 0:
+        colours = _segment_colours(section)
+        colours[..., 3] *= colour_alpha
+        axis.imshow(colours, interpolation="nearest")
+    if boundary_colour is not None:
+        outline = np.zeros((height, width, 4))
+        outline[_boundaries(section)] = matplotlib.colors.to_rgba(boundary_colour)
+        axis.imshow(outline, interpolation="nearest")
+    axis.set_title(title if title is not None else f"section z={z}, {len(np.unique(section))} segments")
+    axis.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_scores_vs_threshold(per_threshold: dict[float, dict], path: str | os.PathLike):
+    """VOI split / merge / total and adapted Rand error against the agglomeration threshold;
+    returns the figure, so what it shows can be checked."""
+    from matplotlib.figure import Figure
+
+    if not per_threshold:
+        raise ValueError("no thresholds to plot")
+    thresholds = sorted(per_threshold, key=float)
+    x = [float(t) for t in thresholds]
+    figure = Figure(figsize=(11, 4.5))
+    voi_axis, rand_axis = figure.subplots(1, 2)
+    for key, style in (("voi_split", "--"), ("voi_merge", ":"), ("voi", "-")):
+        voi_axis.plot(x, [per_threshold[t][key] for t in thresholds], style, marker="o", label=key)
+    best = min(thresholds, key=lambda t: per_threshold[t]["voi"])
+    voi_axis.axvline(float(best), color="grey", linewidth=0.8)
+    voi_axis.set_title(f"VOI (bits), best {per_threshold[best]['voi']:.3f} at {float(best):g}")
+    voi_axis.set_xlabel("threshold")
+    voi_axis.legend()
+    rand_axis.plot(x, [per_threshold[t]["adapted_rand_error"] for t in thresholds], marker="o", color="C3")
+    rand_axis.set_title("adapted Rand error")
+    rand_axis.set_xlabel("threshold")
+    rand_axis.set_ylim(bottom=0)
+    figure.tight_layout()
+    figure.savefig(path)
+    return figure

@@ -1,11 +1,35 @@
-# --- Databases for the RAG stores (tests/test_rag.py) ------------------------------------------
-
 import os
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
+
+from neurosam.pipeline import registry
+from neurosam.stages.stage import Stage, plain_blocks
+from pipeline_support import gala_inputs
+
+
+@pytest.fixture(scope="module")
+def gala(tmp_path_factory):
+    """The gala crop written as a run's inputs, once per test module."""
+    return gala_inputs(tmp_path_factory.mktemp("gala"))
+
+
+@pytest.fixture
+def register_stage(monkeypatch):
+    """``register_stage(name, function)`` puts a block function of tests/sample_stage.py in the
+    registry after fragments, for this test only; workers find the module on PYTHONPATH."""
+    monkeypatch.setattr(registry, "STAGES", list(registry.STAGES))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+
+    def register(name: str, function: str) -> None:
+        registry.register(Stage(name, f"sample_stage:{function}", plain_blocks), after="fragments")
+
+    return register
+
+
+# --- Databases for the RAG stores (tests/test_rag.py) ------------------------------------------
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from funlib.geometry import Coordinate, Roi
 from scipy import ndimage
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities
+from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.io.volumes import create_array, open_array
 from neurosam.layout import segmentation_path
 from neurosam.pipeline.plan import task_ids
@@ -84,6 +85,20 @@ def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) 
     return path
 
 
+def read_edges(rag, statistics=EDGE_STATISTICS) -> dict[str, np.ndarray]:
+    """Every edge through the store's paged reads, sorted by (u, v): ``u``, ``v`` and a column
+    per statistic (NaN where an edge lacks it)."""
+    columns = {
+        name: {(a, b): value for page in rag.iter_edges(name, 10_000) for a, b, value in zip(*(column.tolist() for column in page))}
+        for name in statistics
+    }
+    pairs = sorted(set().union(*columns.values()))
+    edges = {"u": np.array([u for u, _ in pairs], dtype=np.uint64), "v": np.array([v for _, v in pairs], dtype=np.uint64)}
+    for name, values in columns.items():
+        edges[name] = np.array([values.get(pair, np.nan) for pair in pairs], dtype=np.float64)
+    return edges
+
+
 def read_segmentation(config, threshold: float) -> np.ndarray:
     array = open_array(segmentation_path(config, threshold))
     return array[array.roi]
@@ -97,7 +112,7 @@ def checksum(config) -> str:
         array = open_array(path)
         digest.update(np.ascontiguousarray(array[array.roi]).tobytes())
     with open_rag(config.rag.url) as rag:
-        for table, keys in ((rag.read_nodes(), ("ids",)), (rag.read_edges(), ("v", "u"))):
+        for table, keys in ((rag.read_nodes(), ("ids",)), (read_edges(rag), ("v", "u"))):
             order = np.lexsort(tuple(table[key] for key in keys))
             for name in sorted(table):
                 digest.update(name.encode() + np.ascontiguousarray(table[name][order]).tobytes())

@@ -7,20 +7,11 @@ import waterz
 from funlib.geometry import Roi
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from neurosam.graph import metrics as evaluation
-from neurosam.graph.metrics import (
-    Contingency,
-    contingency,
-    evaluate,
-    evaluate_arrays,
-    plot_scores_vs_threshold,
-    plot_segmentation_slice,
-    scores_from_contingency,
-    sum_contingencies,
-    write_report,
-)
-from neurosam.view import render_overview
+from neurosam.graph.metrics import Contingency, contingency, evaluate, scores_from_contingency, sum_contingencies
 from neurosam.io.volumes import VolumeError, create_array
+from neurosam.stages import evaluate as evaluation
+from neurosam.stages.evaluate import evaluate_many, write_report
+from neurosam.view import plot_scores_vs_threshold, plot_segmentation_slice, render_overview
 
 
 def random_labels(seed, shape=(12, 20, 24), ids=6):
@@ -152,30 +143,30 @@ def stored_pair(tmp_path):
 def test_stored_arrays_scored_chunk_by_chunk_equal_in_memory_scores(stored_pair, monkeypatch):
     container, segmentation, truth = stored_pair
     monkeypatch.setattr(evaluation, "CHUNKS_PER_MERGE", 3)
-    scores = evaluate_arrays(container / "segmentation", container / "truth", chunk_shape=(4, 7, 9))
+    scores = evaluate_many([container / "segmentation"], container / "truth", chunk_shape=(4, 7, 9))[0]
     assert scores == pytest.approx(evaluate(segmentation, truth), rel=1e-12)
 
 
 def test_stored_arrays_scored_inside_a_roi(stored_pair):
     container, segmentation, truth = stored_pair
     roi = Roi((40 + 2 * 40, 100 + 4, 60), (5 * 40, 10 * 4, 28 * 4))
-    scores = evaluate_arrays(container / "segmentation", container / "truth", roi=roi, chunk_shape=(2, 4, 8))
+    scores = evaluate_many([container / "segmentation"], container / "truth", roi=roi, chunk_shape=(2, 4, 8))[0]
     assert scores == pytest.approx(evaluate(segmentation[2:7, 1:11], truth[2:7, 1:11]), rel=1e-12)
 
 
 def test_roi_outside_the_arrays_or_off_the_voxel_grid_is_refused(stored_pair):
     container, _, _ = stored_pair
     with pytest.raises(VolumeError, match="not inside"):
-        evaluate_arrays(container / "segmentation", container / "truth", roi=Roi((0, 0, 0), (80, 8, 8)))
+        evaluate_many([container / "segmentation"], container / "truth", roi=Roi((0, 0, 0), (80, 8, 8)))
     with pytest.raises(VolumeError, match="not aligned"):
-        evaluate_arrays(container / "segmentation", container / "truth", roi=Roi((40, 102, 60), (40, 8, 8)))
+        evaluate_many([container / "segmentation"], container / "truth", roi=Roi((40, 102, 60), (40, 8, 8)))
 
 
 def test_voxel_size_mismatch_is_refused(stored_pair, tmp_path):
     container, _, _ = stored_pair
     create_array(tmp_path / "eval.zarr" / "coarse", Roi((40, 100, 60), (600, 96, 112)), (40, 8, 8), np.uint64)
     with pytest.raises(VolumeError, match="voxel size"):
-        evaluate_arrays(container / "segmentation", container / "coarse")
+        evaluate_many([container / "segmentation"], container / "coarse")
 
 
 def test_report_is_json_with_numpy_values(tmp_path):

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neurosam.config import load_config
-from neurosam.pipeline import registry
+from neurosam.config import HIST_QUANT_50, load_config
 from neurosam.pipeline.run import RunFailed, run_pipeline
-from pipeline_support import checksum, data_file, gala_inputs, write_config
+from pipeline_support import checksum, data_file, write_config
 
 BLOCKS = {"block_size": (250, 250, 500), "context": (50, 50, 50)}
 SEGMENT = {"thresholds": [0.5, 0.7]}
@@ -40,14 +39,9 @@ def closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    return gala_inputs(tmp_path_factory.mktemp("inputs"))
-
-
-@pytest.fixture(scope="module")
-def finished(inputs, tmp_path_factory):
+def finished(gala, tmp_path_factory):
     """A run to the end, and the checksum of what it wrote."""
-    path = write_config(tmp_path_factory.mktemp("finished"), inputs, **BLOCKS, segment=SEGMENT)
+    path = write_config(tmp_path_factory.mktemp("finished"), gala, **BLOCKS, segment=SEGMENT)
     assert neurosam("run", path).returncode == 0
     config = load_config(path)
     return path, config, checksum(config)
@@ -73,10 +67,15 @@ USER_ERRORS = {
     "work dir that is a file": (lambda c: c.update(work_dir=str(Path(c["work_dir"]) / "config.yaml")), "is a file, not a directory"),
     # 7: scoring functions went verbatim into C++ that waterz compiles.
     "code in a scoring function": (
-        lambda c: (c.update(agglomerate={"scoring_functions": {"evil": 'OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>; system("id");'}}),
-                   c.update(segment={"scoring_function": "evil"})),
-        "agglomerate.scoring_functions",
+        lambda c: c.update(segment={
+            "scoring_functions": {"evil": 'OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>; system("id");'},
+            "scoring_function": "evil",
+        }),
+        "segment.scoring_functions",
     ),
+    # Issue 17 renamed the contact-statistics stage and moved its settings: old keys name the new ones.
+    "the agglomerate section": (set_in("agglomerate", "scoring_functions", {"hist_quant_50": HIST_QUANT_50}), "segment.scoring_functions"),
+    "the agglomerate stage's workers": (set_in("workers", "stages", {"agglomerate": {"count": 1}}), "workers.stages.contacts"),
     # 8: a password in the URL's query string was printed in clear.
     "password in the query string": (
         lambda c: c.update(rag={"url": f"postgresql://neurosam@127.0.0.1:{closed_port()}/neurosam?password=secret"}), "***",
@@ -119,7 +118,7 @@ def test_a_changed_database_address_redoes_nothing(finished, tmp_path):
     assert checksum(config) == written
 
 
-def test_failed_blocks_give_a_short_error_and_a_repaired_rerun_finishes(inputs, finished, tmp_path):
+def test_failed_blocks_give_a_short_error_and_a_repaired_rerun_finishes(gala, finished, tmp_path):
     """4: a truncated affinity chunk ends the run with exit 1 and, on the console, a short
     message naming the task, the failed blocks with their ROIs, the error and the logs;
     summary.json has the failures; once the chunk is repaired the same command finishes, equal
@@ -127,8 +126,8 @@ def test_failed_blocks_give_a_short_error_and_a_repaired_rerun_finishes(inputs, 
     import json
 
     written = finished[2]
-    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT, workers={"count": 1, "max_retries": 0})
-    chunk = next(p for p in sorted((Path(inputs["affinities"]) / "c").rglob("*")) if p.is_file())
+    path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT, workers={"count": 1, "max_retries": 0})
+    chunk = next(p for p in sorted((Path(gala["affinities"]) / "c").rglob("*")) if p.is_file())
     intact = chunk.read_bytes()
     chunk.write_bytes(intact[:10])
     try:
@@ -158,11 +157,11 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def test_a_full_disk_is_named_and_a_larger_disk_resumes(inputs, finished, small_disk):
+def test_a_full_disk_is_named_and_a_larger_disk_resumes(gala, finished, small_disk):
     """5: the scheduler died of SIGBUS with no message and no summary. Here the work dir, the
     outputs and the SQLite RAG are on a disk that fills up mid-run."""
     written = finished[2]
-    path = write_config(small_disk / "run", inputs, **BLOCKS, segment=SEGMENT)
+    path = write_config(small_disk / "run", gala, **BLOCKS, segment=SEGMENT)
     full = neurosam("run", path)
     assert full.returncode == 1, full.stderr
     assert "the disk is full" in full.stderr and len(full.stderr.splitlines()) <= MAX_MESSAGE_LINES, full.stderr
@@ -174,23 +173,11 @@ def test_a_full_disk_is_named_and_a_larger_disk_resumes(inputs, finished, small_
     assert checksum(load_config(path)) == written
 
 
-@pytest.fixture
-def test_stage(monkeypatch):
-    """Register a stage from tests/sample_stage.py after fragments, for this test only."""
-    monkeypatch.setattr(registry, "STAGES", list(registry.STAGES))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-
-    def register(function: str) -> None:
-        registry.register(registry.Stage("faulty", f"sample_stage:{function}", registry.plain_blocks), after="fragments")
-
-    return register
-
-
-def test_a_block_that_never_ends_is_bounded_by_the_block_timeout(inputs, tmp_path, test_stage):
+def test_a_block_that_never_ends_is_bounded_by_the_block_timeout(gala, tmp_path, register_stage):
     """3: the scheduler must never wait for ever. A block stuck for good has its worker killed
     after workers.block_timeout, and the run ends with an error that says so."""
-    test_stage("stuck_blocks")
-    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_retries": 0, "block_timeout": 2})
+    register_stage("faulty", "stuck_blocks")
+    path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_retries": 0, "block_timeout": 2})
     started = time.monotonic()
     with pytest.raises(RunFailed) as failure:
         run_pipeline(path, echo_progress=False)
@@ -200,11 +187,11 @@ def test_a_block_that_never_ends_is_bounded_by_the_block_timeout(inputs, tmp_pat
     assert len(message.splitlines()) <= MAX_MESSAGE_LINES
 
 
-def test_workers_that_die_as_they_start_end_the_run_with_their_error(inputs, tmp_path, test_stage):
+def test_workers_that_die_as_they_start_end_the_run_with_their_error(gala, tmp_path, register_stage):
     """Workers that cannot start would be replaced for ever; after workers.max_restarts the
     task is given up, named with its error."""
-    test_stage("workers_that_die_at_start")
-    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_restarts": 3})
+    register_stage("faulty", "workers_that_die_at_start")
+    path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_restarts": 3})
     started = time.monotonic()
     with pytest.raises(RunFailed) as failure:
         run_pipeline(path, echo_progress=False)
@@ -240,16 +227,16 @@ def worker_processes(scheduler_pid: int) -> list[int]:
     return sorted(pids)
 
 
-def test_soak_workers_killed_at_random_moments_change_nothing(inputs, tmp_path):
+def test_soak_workers_killed_at_random_moments_change_nothing(gala, tmp_path):
     """A seeded soak: workers are killed (SIGKILL) at random moments, 12 times over one run,
     which must end identical, voxel for voxel and row for row, to an uninterrupted run of the
     same config. The kills stop there so that the run can end: killing every worker for ever
     fails any block past its retries."""
     sections = {"segment": SEGMENT, "workers": {"count": 2, "max_retries": 20}}
     soak_blocks = {"block_size": (100, 200, 200), "context": (50, 50, 50)}
-    reference = write_config(tmp_path / "reference", inputs, **soak_blocks, **sections)
+    reference = write_config(tmp_path / "reference", gala, **soak_blocks, **sections)
     assert neurosam("run", reference).returncode == 0
-    path = write_config(tmp_path / "soak", inputs, **soak_blocks, **sections)
+    path = write_config(tmp_path / "soak", gala, **soak_blocks, **sections)
     chance = random.Random(20261202)
     run = subprocess.Popen([sys.executable, "-m", "neurosam.cli", "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kills = 0

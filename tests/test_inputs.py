@@ -150,11 +150,19 @@ def test_work_dir_that_is_a_file_is_named_before_the_database_is_touched(tmp_pat
 ])
 def test_scoring_functions_outside_waterz_grammar_are_refused(tmp_path, inputs, capsys, function, message):
     """waterz compiles scoring functions as C++: a config must not smuggle code into them."""
-    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), agglomerate={"scoring_functions": {"evil": function}})
-    edit_config(path, lambda c: c.update(segment={"scoring_function": "evil"}))
+    path = write_config(
+        tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20), segment={"scoring_functions": {"evil": function}, "scoring_function": "evil"}
+    )
     code, error = run_cli(path, capsys)
-    assert code == 2 and "agglomerate.scoring_functions" in error and message in error
+    assert code == 2 and "segment.scoring_functions" in error and message in error
     assert not (tmp_path / "run" / "out.zarr").exists()
+
+
+def test_the_command_of_a_renamed_stage_names_the_new_one(tmp_path, inputs, capsys):
+    path = write_config(tmp_path / "run", inputs, (50, 100, 100), (20, 20, 20))
+    assert main(["agglomerate", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "contacts" in error and len(error.splitlines()) == 1
 
 
 def test_view_at_a_threshold_the_run_does_not_have_lists_those_it_has(tmp_path, inputs, capsys):

@@ -110,7 +110,7 @@ def test_blockwise_prediction_equals_whole_volume(raw_volume, checkpoint, tmp_pa
     assert blockwise.shape == (len(OFFSETS), *raw.shape)
     np.testing.assert_array_equal(blockwise, to_uint8(reference))
     stored = open_array(load_config(config_path).datasets.affinities)
-    assert stored._source_data.attrs["offsets"] == OFFSETS
+    assert stored.attrs["offsets"] == OFFSETS
 
 
 def test_blockwise_float_prediction_equals_whole_volume(raw_volume, checkpoint):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from waterz import _codegen
 
-from neurosam.graph.scoring import ScoringFunctionError, check_scoring_function
+from neurosam.graph.scoring import ScoringFunctionError, parse_scoring_function
 
 
 def test_every_function_waterz_ships_prebuilt_is_accepted():
     for spec in _codegen.iter_specs():
-        assert check_scoring_function(spec.scoring_function) == _codegen.normalize(spec.scoring_function)
+        assert parse_scoring_function(spec.scoring_function) == parse_scoring_function(_codegen.normalize(spec.scoring_function))
 
 
 @pytest.mark.parametrize("function", [
@@ -19,7 +19,7 @@ def test_every_function_waterz_ships_prebuilt_is_accepted():
     "Step<MeanMaxKAffinity<RegionGraphType, 3, ScoreValue>, Constant<RegionGraphType, 2>>",
 ])
 def test_composed_functions_are_accepted(function):
-    assert check_scoring_function(function) == function.replace(" ", "")
+    assert parse_scoring_function(function) == parse_scoring_function(function.replace(" ", ""))
 
 
 @pytest.mark.parametrize("function", [
@@ -32,4 +32,4 @@ def test_composed_functions_are_accepted(function):
 ])
 def test_anything_else_is_refused(function):
     with pytest.raises(ScoringFunctionError):
-        check_scoring_function(function)
+        parse_scoring_function(function)

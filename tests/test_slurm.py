@@ -19,15 +19,10 @@ import yaml
 
 import slurm_blocks
 from neurosam.config import load_config
-from neurosam.pipeline.launchers import (
-    SCHEDULER_CHECK_SECONDS,
-    cancel_submitted_jobs,
-    run_slurm_worker,
-    slurm_log_dir,
-    submitted_jobs_file,
-)
-from neurosam.pipeline.run import run_pipeline
 from neurosam.io.volumes import open_array
+from neurosam.layout import slurm_logs_dir, submitted_jobs_file
+from neurosam.pipeline.launchers import SCHEDULER_CHECK_SECONDS, cancel_submitted_jobs, run_slurm_worker
+from neurosam.pipeline.run import run_pipeline
 from pipeline_support import gala_inputs, read_segmentation, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -74,7 +69,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def workers_busy(config_path: Path) -> bool:
     """Both workers hold a block: their jobs are connected to the scheduler."""
-    logs = slurm_log_dir(load_config(config_path).work_dir).glob(f"{slurm_blocks.JOB_NAME}-*.out")
+    logs = slurm_logs_dir(load_config(config_path).work_dir).glob(f"{slurm_blocks.JOB_NAME}-*.out")
     return sum("started" in log.read_text() for log in logs) == 2
 
 
@@ -99,7 +94,7 @@ def test_every_block_runs_once_and_each_worker_logs(config_path: Path, tmp_path:
     assert len(jobs_by_block) == slurm_blocks.BLOCK_COUNT
     assert all(len(jobs) == 1 for jobs in jobs_by_block.values())
     for job_id in {jobs[0] for jobs in jobs_by_block.values()}:
-        log = slurm_log_dir(config.work_dir) / f"{slurm_blocks.JOB_NAME}-{job_id}.out"
+        log = slurm_logs_dir(config.work_dir) / f"{slurm_blocks.JOB_NAME}-{job_id}.out"
         logged = {line.split()[1] for line in log.read_text().splitlines() if line.endswith(" done")}
         assert logged == {name.split("-")[1] for name, jobs in jobs_by_block.items() if jobs == [job_id]}
     assert not submitted_jobs_file(config.work_dir).exists()
@@ -117,7 +112,7 @@ def test_failed_job_fails_its_worker(config_path: Path) -> None:
 
     submitted = submitted_jobs_file(config.work_dir).read_text().split()
     assert len(submitted) == 1
-    assert (slurm_log_dir(config.work_dir) / f"neurosam-failing-{submitted[0]}.out").exists()
+    assert (slurm_logs_dir(config.work_dir) / f"neurosam-failing-{submitted[0]}.out").exists()
 
 
 @pytest.mark.parametrize(
@@ -207,6 +202,6 @@ def test_pipeline_on_slurm_equals_local(slurm_cluster, tmp_path: Path) -> None:
     np.testing.assert_array_equal(fragments[0][fragments[0].roi], fragments[1][fragments[1].roi])
     for threshold in run["segment"]["thresholds"]:
         np.testing.assert_array_equal(read_segmentation(local, threshold), read_segmentation(slurm, threshold))
-    job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_log_dir(slurm.work_dir).glob("*.out")}
+    job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_logs_dir(slurm.work_dir).glob("*.out")}
     assert job_logs == {f"neurosam-{task}" for task in summary["tasks"]}
     assert queued_jobs() == []

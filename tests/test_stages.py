@@ -3,9 +3,6 @@ runs through the same scheduler, resume and status, with no other edit."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 from neurosam.config import load_config
@@ -15,10 +12,8 @@ from neurosam.io.volumes import open_array
 from pipeline_support import gala_inputs, write_config
 
 
-def test_a_registered_stage_runs_through_the_scheduler(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "STAGES", list(registry.STAGES))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    registry.register(registry.Stage("census", "sample_stage:census_blocks", registry.plain_blocks), after="fragments")
+def test_a_registered_stage_runs_through_the_scheduler(tmp_path, register_stage):
+    register_stage("census", "census_blocks")
 
     inputs = {"affinities": gala_inputs(tmp_path / "inputs")["affinities"]}
     config_path = write_config(tmp_path / "run", inputs, (250, 500, 1000), (50, 50, 50), segment={"thresholds": [0.5]})

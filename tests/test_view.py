@@ -20,7 +20,7 @@ from neurosam.config import load_config
 from neurosam.layout import segmentation_path
 from neurosam.pipeline.run import run_pipeline
 from neurosam.view import default_threshold, open_viewer
-from neurosam.io.volumes import open_array
+from neurosam.io.volumes import open_storage
 from pipeline_support import gala_inputs, write_config
 
 pytestmark = pytest.mark.browser
@@ -106,7 +106,7 @@ def test_viewer_draws_the_segmentation_and_shows_both_ids(tmp_path, browser):
     x, y, z = np.floor(selection["position"]).astype(int)
     shown = {name: int(selection["layers"][name]["value"]) for name in ("fragments", segmentation)}
     stored = {
-        name: int(open_array(path)._source_data[z, y, x])
+        name: int(open_storage(path)[z, y, x])
         for name, path in (("fragments", config.datasets.fragments), (segmentation, segmentation_path(config, threshold)))
     }
     assert shown == stored

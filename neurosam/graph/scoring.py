@@ -115,13 +115,3 @@ def parse_scoring_function(text: str) -> tuple:
     if parser.position != len(parser.tokens):
         raise ScoringFunctionError(f"unexpected {' '.join(parser.tokens[parser.position:])!r} after the function")
     return tree
-
-
-def canonical(tree: tuple) -> str:
-    name, arguments = tree
-    return f"{name}<{','.join(canonical(a) if isinstance(a, tuple) else a for a in arguments)}>"
-
-
-def check_scoring_function(text: str) -> str:
-    """The function in canonical spelling; raises ScoringFunctionError saying what is wrong."""
-    return canonical(parse_scoring_function(text))

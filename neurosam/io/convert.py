@@ -20,9 +20,8 @@ import tifffile
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.io.volumes import VolumeError, create_array, describe, open_array, split_dataset_path
+from neurosam.io.volumes import HDF5_SUFFIXES, VolumeError, create_array, describe, open_array, split_dataset_path
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff")
 SPATIAL_DIMS = 3
 

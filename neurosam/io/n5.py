@@ -13,14 +13,10 @@ import os
 import zlib
 from itertools import product
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from neurosam.io.volumes import SPATIAL_AXES, VolumeError
-
-if TYPE_CHECKING:
-    from funlib.persistence import Array
+from neurosam.io import VolumeError
 
 N5_DTYPES = {
     "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64",
@@ -64,7 +60,7 @@ class N5Dataset:
             raise VolumeError(f"{attributes_file}: N5 dataType {data_type!r} is not supported")
         compression = self.attrs.get("compression", {"type": self.attrs.get("compressionType", "raw")})
         self.shape = tuple(int(d) for d in reversed(dimensions))
-        self.block_shape = tuple(int(b) for b in reversed(block_size))
+        self.chunks = tuple(int(b) for b in reversed(block_size))
         self.dtype = np.dtype(data_type)
         self.ndim = len(self.shape)
         self._decompress = _decompressor(compression, attributes_file)
@@ -89,13 +85,13 @@ class N5Dataset:
         slices = _normalise(key, self.shape)
         out = np.zeros([s.stop - s.start for s in slices], dtype=self.dtype)
         block_ranges = [
-            range(s.start // b, -(-s.stop // b)) for s, b in zip(slices, self.block_shape)
+            range(s.start // b, -(-s.stop // b)) for s, b in zip(slices, self.chunks)
         ]
         for block_index in product(*block_ranges):
             block = self._read_block(block_index)
             if block is None:
                 continue
-            block_start = [i * b for i, b in zip(block_index, self.block_shape)]
+            block_start = [i * b for i, b in zip(block_index, self.chunks)]
             lows = [max(s.start, start) for s, start in zip(slices, block_start)]
             highs = [min(s.stop, start + n) for s, start, n in zip(slices, block_start, block.shape)]
             if any(low >= high for low, high in zip(lows, highs)):
@@ -122,7 +118,7 @@ def _normalise(key, shape: tuple[int, ...]) -> tuple[slice, ...]:
     return tuple(slices)
 
 
-def _world_metadata(attrs: dict, spatial_dims: int, where: Path) -> tuple[list[int], list[int]]:
+def world_metadata(attrs: dict, spatial_dims: int, where: Path) -> tuple[list[int], list[int]]:
     """Voxel size and offset in nm, z, y, x.
 
     ``resolution`` (and the ``offset`` beside it) follow the N5 x-fastest convention of
@@ -141,26 +137,3 @@ def _world_metadata(attrs: dict, spatial_dims: int, where: Path) -> tuple[list[i
         if len(values) != spatial_dims or any(float(v) != int(v) for v in values):
             raise VolumeError(f"{where}: {name} {values} is not {spatial_dims} whole numbers of nm")
     return [int(v) for v in voxel_size], [int(v) for v in offset]
-
-
-def open_n5(container: str | os.PathLike, dataset: str) -> Array:
-    """Open ``container/dataset`` read-only; leading axes beyond z, y, x are channels."""
-    from funlib.persistence import Array
-
-    path = Path(container) / dataset
-    if not (path / "attributes.json").exists():
-        raise VolumeError(f"{container}/{dataset}: no N5 dataset there (no attributes.json)")
-    source = N5Dataset(path)
-    spatial_dims = min(source.ndim, len(SPATIAL_AXES))
-    channel_dims = source.ndim - spatial_dims
-    voxel_size, offset = _world_metadata(source.attrs, spatial_dims, path)
-    axis_names = [f"c{i}^" for i in range(channel_dims)] + list(SPATIAL_AXES[-spatial_dims:])
-    return Array(
-        source,
-        offset=offset,
-        voxel_size=voxel_size,
-        axis_names=source.attrs.get("axis_names", axis_names),
-        units=source.attrs.get("units", ["nm"] * spatial_dims),
-        types=["channel"] * channel_dims + ["space"] * spatial_dims,
-        chunks=source.block_shape,
-    )

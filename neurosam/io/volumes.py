@@ -11,22 +11,23 @@ pandas, over half a second that block workers, which never call these functions,
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import zarr
 from funlib.geometry import Coordinate, Roi
 
+from neurosam.io import VolumeError
+from neurosam.io.n5 import N5Dataset, world_metadata
+
 if TYPE_CHECKING:
     from funlib.persistence import Array
 
-SPATIAL_AXES = ("z", "y", "x")
+AXES = ("z", "y", "x")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 UNITS = ("nm", "nm", "nm")
-
-
-class VolumeError(ValueError):
-    """A dataset that is missing or does not fit the run: the message names it."""
 
 
 def split_dataset_path(path: str | os.PathLike) -> tuple[Path, str]:
@@ -49,20 +50,79 @@ def dataset_exists(path: str | os.PathLike) -> bool:
     return True
 
 
-def open_array(path: str | os.PathLike, mode: str = "r") -> Array:
-    """Open a zarr (v2 or v3) or N5 dataset with its voxel size and offset."""
+def open_storage(path: str | os.PathLike, mode: str = "r") -> zarr.Array | N5Dataset:
+    """The dataset's own array, indexed in voxels: zarr's, or an ``N5Dataset``. Block workers
+    read through this alone, without funlib.persistence and the dask, xarray and pandas it
+    imports (over half a second of every worker's start)."""
     container, dataset = split_dataset_path(path)
     if not container.exists():
         raise VolumeError(f"{path}: container {container} does not exist")
     if not dataset_exists(path):
         raise VolumeError(f"{path}: no dataset '{dataset}' in {container}")
     if container.suffix == ".n5":
-        from neurosam.io.n5 import open_n5
+        return N5Dataset(container / dataset)
+    return zarr.open_array(str(container / dataset), mode=mode)
 
-        return open_n5(container, dataset)
+
+def open_array(path: str | os.PathLike, mode: str = "r") -> Array:
+    """Open a zarr (v2 or v3) or N5 dataset with its voxel size and offset."""
+    storage = open_storage(path, mode)
+    if isinstance(storage, N5Dataset):
+        return _n5_array(storage)
     from funlib.persistence import open_ds
 
-    return open_ds(str(Path(container) / dataset), mode=mode)
+    return open_ds(str(Path(path)), mode=mode)
+
+
+def _n5_array(source: N5Dataset) -> Array:
+    """Read-only; leading axes beyond z, y, x are channels."""
+    from funlib.persistence import Array
+
+    spatial_dims = min(source.ndim, len(AXES))
+    channel_dims = source.ndim - spatial_dims
+    voxel_size, offset = world_metadata(source.attrs, spatial_dims, source.path)
+    array = Array(
+        source,
+        offset=offset,
+        voxel_size=voxel_size,
+        axis_names=source.attrs.get("axis_names", [f"c{i}^" for i in range(channel_dims)] + list(AXES[-spatial_dims:])),
+        units=source.attrs.get("units", ["nm"] * spatial_dims),
+        types=["channel"] * channel_dims + ["space"] * spatial_dims,
+        chunks=source.chunks,
+    )
+    array.attrs.update(source.attrs)
+    return array
+
+
+def _split_hdf5_path(path: str) -> tuple[Path, str] | None:
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        if part.endswith(HDF5_SUFFIXES):
+            return Path(*parts[: i + 1]), "/".join(parts[i + 1 :])
+    return None
+
+
+@contextmanager
+def open_dataset(path: str) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+    """A dataset that numpy-style slicing reads, with its voxel size and offset (nm, z y x): a
+    zarr or N5 dataset, or one in an HDF5 file (``file.h5/dataset``), as training data often is."""
+    hdf5 = _split_hdf5_path(path)
+    if hdf5 is None:
+        array = open_array(path)
+        yield array.data, np.array(array.voxel_size), np.array(array.offset)
+        return
+    file_path, dataset_name = hdf5
+    if not file_path.exists():
+        raise VolumeError(f"{path}: file {file_path} does not exist")
+    import h5py
+
+    with h5py.File(file_path, "r") as file:
+        if dataset_name not in file:
+            raise VolumeError(f"{path}: no dataset '{dataset_name}' in {file_path} (has {sorted(file)})")
+        dataset = file[dataset_name]
+        voxel_size = np.array(dataset.attrs.get("resolution", (1, 1, 1)), dtype=np.int64)
+        offset = np.array(dataset.attrs.get("offset", (0, 0, 0)), dtype=np.int64)
+        yield dataset, voxel_size, offset
 
 
 def create_array(
@@ -86,7 +146,7 @@ def create_array(
         raise VolumeError(f"{path}: ROI {roi} is not a multiple of the voxel size {voxel_size}")
     shape = tuple(roi.shape / voxel_size)
     chunks = tuple(chunk_voxels) if chunk_voxels is not None else tuple(min(s, 64) for s in shape)
-    axis_names = list(SPATIAL_AXES)
+    axis_names = list(AXES)
     types = ["space"] * 3
     if channels is not None:
         shape = (channels, *shape)
@@ -112,7 +172,7 @@ def create_array(
         zarr_format=zarr_format,
     )
     if attrs:
-        array._source_data.attrs.update(attrs)
+        array.attrs.update(attrs)
     return array
 
 
@@ -125,7 +185,7 @@ def require_same_voxel_size(first: Array, first_path, second: Array, second_path
 
 
 def array_attrs(array: Array) -> dict:
-    return dict(array._source_data.attrs)
+    return dict(array.attrs)
 
 
 def describe(array: Array) -> str:

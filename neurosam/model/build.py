@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from neurosam.io.volumes import open_dataset
+
 from neurosam.model.config import ModelConfig
 from neurosam.model.fge import FineGrainedEncoder
 from neurosam.model.fgnet import FGNet
@@ -94,8 +96,6 @@ def export_model(source: str | Path, destination: str | Path) -> dict:
     model, config, state = load_model(source)
     kept = {key: state[key] for key in EXPORTED_KEYS if key in state}
     if "voxel_size" not in kept and "train_config" in state:
-        from neurosam.training.data import open_dataset
-
         with open_dataset(state["train_config"]["data"]["raw"]) as (_, voxel_size, _):
             kept["voxel_size"] = [int(v) for v in voxel_size]
     save_checkpoint(destination, model, config, extra=kept)

@@ -14,16 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-
-def tile_counts(shape: Sequence[int], core: Sequence[int]) -> np.ndarray:
-    return -(-np.asarray(shape) // np.asarray(core))
-
-
-def tile_core(tile_shape: Sequence[int], tile_context: Sequence[int]) -> np.ndarray:
-    core = np.asarray(tile_shape) - 2 * np.asarray(tile_context)
-    if (core <= 0).any():
-        raise ValueError(f"tile_context {tuple(tile_context)} leaves no core in tile_shape {tuple(tile_shape)}")
-    return core
+from neurosam.model.tiles import tile_core, tile_counts
 
 
 def normalise(raw: np.ndarray, raw_range: tuple[float, float] = (0.0, 255.0)) -> np.ndarray:

@@ -27,7 +27,7 @@ from pathlib import Path
 import daisy.v2 as daisy
 
 from neurosam.config import SlurmConfig
-from neurosam.layout import RunPlan, TaskLayout
+from neurosam.layout import RunPlan, TaskLayout, slurm_logs_dir, submitted_jobs_file
 
 #: How often a SLURM launcher checks that its scheduler is still there: the longest a job can
 #: outlive an aborted run, against one connection per worker per period to the scheduler.
@@ -49,14 +49,6 @@ def make_process_function(plan: RunPlan, plan_file: str, task: TaskLayout) -> Ca
     return functools.partial(serve_task, plan_file, task.task_id)
 
 
-def slurm_log_dir(work_dir: Path) -> Path:
-    return Path(work_dir) / "logs" / "slurm"
-
-
-def submitted_jobs_file(work_dir: Path) -> Path:
-    return Path(work_dir) / "slurm_jobs.txt"
-
-
 def sbatch_command(command: list[str], job_name: str, slurm: SlurmConfig, work_dir: Path) -> list[str]:
     """sbatch --wait: SLURM itself holds the job's exit code, so no accounting database is
     needed to tell a failed worker from a finished one."""
@@ -65,7 +57,7 @@ def sbatch_command(command: list[str], job_name: str, slurm: SlurmConfig, work_d
         "--parsable",
         "--wait",
         f"--job-name={job_name}",
-        f"--output={slurm_log_dir(work_dir) / job_name}-%j.out",
+        f"--output={slurm_logs_dir(work_dir) / job_name}-%j.out",
         f"--cpus-per-task={slurm.cpus_per_worker}",
         f"--mem={slurm.memory}",
         f"--time={slurm.time}",
@@ -98,7 +90,7 @@ def run_slurm_worker(command: list[str], job_name: str, slurm: SlurmConfig, work
             sbatch.wait()
         signal.signal(signal.SIGTERM, previous_sigterm_handler)
     if sbatch.returncode != 0:
-        log = slurm_log_dir(work_dir) / f"{job_name}-{job_id}.out"
+        log = slurm_logs_dir(work_dir) / f"{job_name}-{job_id}.out"
         raise RuntimeError(f"SLURM job {job_id} ({job_name}) failed with exit code {sbatch.returncode}; see {log}")
 
 
@@ -106,7 +98,7 @@ def _submit(
     command: list[str], job_name: str, slurm: SlurmConfig, work_dir: Path, context: daisy.Context
 ) -> tuple[subprocess.Popen, str]:
     """Start `sbatch --wait` and record the job's id as soon as SLURM gives it."""
-    slurm_log_dir(work_dir).mkdir(parents=True, exist_ok=True)
+    slurm_logs_dir(work_dir).mkdir(parents=True, exist_ok=True)
     sbatch = subprocess.Popen(
         sbatch_command(command, job_name, slurm, work_dir),
         stdout=subprocess.PIPE,

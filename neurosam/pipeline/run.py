@@ -15,12 +15,21 @@ import daisy.v2 as daisy
 from daisy import logging as daisy_logging
 
 from neurosam.config import load_config
-from neurosam.layout import RunPlan, segmentation_path
+from neurosam.layout import (
+    FAILED_BLOCKS,
+    RunPlan,
+    evaluation_path,
+    evaluation_pictures,
+    logs_dir,
+    progress_log_path,
+    scheduler_log_path,
+    segmentation_path,
+    summary_path,
+    task_logs_dir,
+)
 from neurosam.pipeline.plan import overwritten_outputs, plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
-from neurosam.pipeline.registry import stages_for
 from neurosam.pipeline.tasks import block_count, build_pipeline
-from neurosam.pipeline.worker_process import FAILED_BLOCKS
 from neurosam.rag import open_rag
 
 logger = logging.getLogger(__name__)
@@ -106,12 +115,11 @@ def forget_overwritten(plan: RunPlan) -> None:
 
 def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
     """Task ids in pipeline order, up to and including the stage ``until`` (all by default)."""
-    names = [stage.name for stage in stages_for(plan.config)]
+    names = [task.stage for task in plan.tasks.values()]
     if until is not None and until not in names:
         raise ValueError(f"no stage {until!r} in this run; stages are {names}")
     stop = len(names) if until is None else names.index(until) + 1
-    by_stage = {task.stage: task_id for task_id, task in plan.tasks.items()}
-    return [by_stage[name] for name in names[:stop]]
+    return list(plan.tasks)[:stop]
 
 
 def run_pipeline(config_path: str | Path, until: str | None = None, echo_progress: bool = True) -> dict:
@@ -131,7 +139,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     forget_overwritten(plan)
     prepare_outputs(plan)
     plan_file = str(plan.save())
-    log_dir = config.work_dir / "logs"
+    log_dir = logs_dir(config.work_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     daisy_logging.set_log_basedir(log_dir)
 
@@ -139,7 +147,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
         done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
     pipeline = build_pipeline(plan, plan_file, done_blocks, task_order)
     for task_id in task_order:
-        for stale in (log_dir / task_id).glob(FAILED_BLOCKS):
+        for stale in task_logs_dir(config.work_dir, task_id).glob(FAILED_BLOCKS):
             stale.unlink()
     # zarr decodes chunks in threads, and glibc gives each thread a malloc arena of its own where
     # freed block buffers pile up; with one arena they are reused, and a worker's peak memory
@@ -147,8 +155,8 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     os.environ.setdefault("MALLOC_ARENA_MAX", "1")
     started = time.time()
     states = {}
-    scheduler_log = SchedulerLog(log_dir / "scheduler.log")
-    progress = ProgressLog(task_order, log_dir / "progress.log", echo=echo_progress, already_done=done_blocks)
+    scheduler_log = SchedulerLog(scheduler_log_path(config.work_dir))
+    progress = ProgressLog(task_order, progress_log_path(config.work_dir), echo=echo_progress, already_done=done_blocks)
     try:
         if pipeline is not None:
             with scheduler_log:
@@ -166,7 +174,10 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     failures = {}
     if unfinished:
         with open_rag(config.rag.url) as rag:
-            failures = {task_id: _failure(states[task_id], rag.done_blocks(task_id), log_dir / task_id) for task_id in unfinished}
+            failures = {
+                task_id: _failure(states[task_id], rag.done_blocks(task_id), task_logs_dir(config.work_dir, task_id))
+                for task_id in unfinished
+            }
     disk_full = scheduler_log.disk_full or any(
         marker in block["error"] for failure in failures.values() for block in failure["blocks"] for marker in DISK_FULL_MARKERS
     )
@@ -177,7 +188,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
             raise
         disk_full = True
     if failures or disk_full:
-        raise RunFailed(_failure_message(failures, plan.work_dir / "summary.json", config.workers, disk_full))
+        raise RunFailed(_failure_message(failures, plan.work_dir, config.workers, disk_full))
     return summary
 
 
@@ -212,11 +223,11 @@ def _failure(state, done: set[int], task_log_dir: Path) -> dict:
     }
 
 
-def _failure_message(failures: dict[str, dict], summary_path: Path, workers, disk_full: bool) -> str:
+def _failure_message(failures: dict[str, dict], work_dir: Path, workers, disk_full: bool) -> str:
     lines = []
     if disk_full:
         lines.append(
-            f"the disk is full (No space left on device): free space where the work dir ({summary_path.parent}), "
+            f"the disk is full (No space left on device): free space where the work dir ({work_dir}), "
             "the output datasets or the database lie, or move the run to a larger disk"
         )
     failed = {task_id: failure for task_id, failure in failures.items() if failure["failed"] or failure["gave_up"]}
@@ -225,7 +236,7 @@ def _failure_message(failures: dict[str, dict], summary_path: Path, workers, dis
         for block in failure["blocks"][:MAX_BLOCKS_NAMED]:
             lines.append(f"  block {block['block']}, write ROI {block['write_roi']} nm: {block['error'][:120]}")
         if len(failure["blocks"]) > MAX_BLOCKS_NAMED:
-            lines.append(f"  and {len(failure['blocks']) - MAX_BLOCKS_NAMED} more blocks (all in {summary_path})")
+            lines.append(f"  and {len(failure['blocks']) - MAX_BLOCKS_NAMED} more blocks (all in {summary_path(work_dir)})")
         if failure["timed_out"]:
             lines.append(
                 f"  {failure['timed_out']} block attempts ran past workers.block_timeout ({workers.block_timeout:g} s) "
@@ -235,7 +246,7 @@ def _failure_message(failures: dict[str, dict], summary_path: Path, workers, dis
             lines.append(f"  given up: {failure['gave_up'][:200]} (workers.max_restarts is {workers.max_restarts})")
         if not failure["blocks"]:
             lines.append(f"  error: {failure['first_error'][:200]}")
-        lines.append(f"  tracebacks: {failure['logs']}/worker_*.err (the scheduler's log: {summary_path.parent / 'logs' / 'scheduler.log'})")
+        lines.append(f"  tracebacks: {failure['logs']}/worker_*.err (the scheduler's log: {scheduler_log_path(work_dir)})")
     waiting = [task_id for task_id in failures if task_id not in failed]
     if waiting:
         lines.append(f"not run, as they wait on the failed blocks: {', '.join(waiting)}")
@@ -271,11 +282,11 @@ def _write_summary(
     }
     if failures:
         summary["failures"] = failures
-    evaluation = plan.work_dir / "evaluation.json"
+    evaluation = evaluation_path(plan.work_dir)
     if evaluation.exists():
         summary["evaluation"] = json.loads(evaluation.read_text())
-        summary["report"] = {"scores": str(evaluation), "pictures": [str(plan.work_dir / n) for n in ("segmentation.png", "evaluation.png")]}
-    (plan.work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        summary["report"] = {"scores": str(evaluation), "pictures": [str(picture) for picture in evaluation_pictures(plan.work_dir)]}
+    summary_path(plan.work_dir).write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -29,18 +29,19 @@ def block_ids(task: TaskLayout) -> np.ndarray:
 
 
 def block_count(task: TaskLayout) -> int:
-    return int(np.prod(daisy_task(task, None).block_grid_shape))
+    return int(np.prod(daisy_task(task).block_grid_shape))
 
 
-def skip_mask(task: TaskLayout, done_blocks: set[int]) -> np.ndarray:
-    shape = tuple(daisy_task(task, None).block_grid_shape)
+def skip_mask(task: TaskLayout, done_blocks: set[int]) -> np.ndarray | None:
+    """The task's finished blocks by grid position; None when none is finished."""
     if not done_blocks:
-        return np.zeros(shape, dtype=bool)
+        return None
     return np.isin(block_ids(task), sorted(done_blocks))
 
 
-def daisy_task(task: TaskLayout, process_function, workers=None, mask=None) -> daisy.Task:
-    """``workers`` (the config's) None: a task only asked for its block grid."""
+def daisy_task(task: TaskLayout, process_function=None, workers=None, mask=None) -> daisy.Task:
+    """The one place a task's daisy view is built. ``workers`` (the config's) None: a task only
+    asked for its block grid."""
     limits = {} if workers is None else {
         "max_workers": workers.count_for(task.stage),
         "max_retries": workers.max_retries,
@@ -71,7 +72,7 @@ def build_pipeline(plan: RunPlan, plan_file: str, done_blocks: dict[str, set[int
     for task_id in task_order:
         task = plan.tasks[task_id]
         mask = skip_mask(task, done_blocks.get(task_id, set()))
-        if mask.all():
+        if mask is not None and mask.all():
             continue
         process_function = make_process_function(plan, plan_file, task)
         daisy_view = daisy_task(task, process_function, workers, mask)

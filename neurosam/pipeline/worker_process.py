@@ -7,22 +7,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import traceback
 from pathlib import Path
 from typing import Callable
 
 import daisy.v2 as daisy
 
-from neurosam.layout import WorkerSetup, load_plan
+from neurosam.layout import WorkerSetup, failed_blocks_file, load_plan
 from neurosam.rag import open_rag
-
-FAILED_BLOCKS = "failed_blocks-*.jsonl"
-
-
-def failed_blocks_file(work_dir: Path, task_id: str) -> Path:
-    """Where a worker process records the blocks it failed, one JSON line each, beside its logs."""
-    return Path(work_dir) / "logs" / task_id / f"failed_blocks-{os.getpid()}.jsonl"
 
 
 def import_block_function(reference: str) -> Callable:

@@ -1,7 +1,8 @@
 """The region adjacency graph store: one interface, one backend per database.
 
 Nodes are fragments (id, centre in nm, size in voxels); edges are fragment pairs ``u < v`` with
-one merge score per scoring function. Every write is an upsert keyed by id or (u, v), so a block
+the statistics of the affinities over their contact (``neurosam.graph.agglomeration``), one
+value per statistic. Every write is an upsert keyed by id or (u, v), so a block
 that is retried after a crash duplicates nothing. Blocks record that they finished in the same
 store (``mark_block_done``), which is how a resumed run knows what it may skip.
 """
@@ -30,28 +31,18 @@ class RagStore(ABC):
     def write_nodes(self, ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> None: ...
 
     @abstractmethod
-    def write_edges(self, u: np.ndarray, v: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-        """Upsert edges; ``scores`` maps a scoring-function name to one score per edge."""
+    def write_edges(self, u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> None:
+        """Upsert edges; ``statistics`` maps a statistic's name to one value per edge."""
 
     @abstractmethod
-    def read_nodes(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
-        """Nodes whose centre lies in ``roi`` (all if None): keys ``ids``, ``positions``, ``sizes``."""
+    def read_nodes(self) -> dict[str, np.ndarray]:
+        """Every node: keys ``ids``, ``positions``, ``sizes``."""
 
     @abstractmethod
-    def read_edges(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
-        """Edges whose ``u`` node lies in ``roi``: keys ``u``, ``v`` and one per scoring function."""
-
-    @abstractmethod
-    def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(u, v, score) pages of every edge ``scoring_function`` scored, in the order of the
+    def iter_edges(self, statistic: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(u, v, value) pages of every edge that has ``statistic``, in the order of the
         backend's primary key: one pass serves every threshold, and writes keep no index up to
         date beyond the key's."""
-
-    @abstractmethod
-    def count_nodes(self) -> int: ...
-
-    @abstractmethod
-    def count_edges(self) -> int: ...
 
     @abstractmethod
     def delete_in_roi(self, roi: Roi) -> None:

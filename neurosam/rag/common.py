@@ -16,9 +16,12 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from funlib.geometry import Roi
 
+from neurosam.io.volumes import AXES
+
 ID_LIMIT = 2**63
-AXES = ("z", "y", "x")
-SCORING_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+STATISTIC_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+WRITE_PROBE_TASK = "neurosam-check-writable"
+"""The task ``check_writable`` records a block of, and forgets again."""
 
 
 def ids_to_db(ids: np.ndarray) -> np.ndarray:
@@ -34,9 +37,9 @@ def ids_from_db(values: Iterable[int]) -> np.ndarray:
 
 
 def edge_page(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u, v, score) rows as three arrays, converted in one pass rather than value by value."""
-    table = np.array(rows, dtype=[("u", np.int64), ("v", np.int64), ("score", np.float64)])
-    return table["u"].astype(np.uint64), table["v"].astype(np.uint64), np.ascontiguousarray(table["score"])
+    """(u, v, value) rows as three arrays, converted in one pass rather than value by value."""
+    table = np.array(rows, dtype=[("u", np.int64), ("v", np.int64), ("value", np.float64)])
+    return table["u"].astype(np.uint64), table["v"].astype(np.uint64), np.ascontiguousarray(table["value"])
 
 
 def node_rows(ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> list[tuple]:
@@ -55,19 +58,19 @@ def node_rows(ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> list
     ]
 
 
-def edge_columns(u: np.ndarray, v: np.ndarray, scores: dict[str, np.ndarray]) -> tuple[list[int], list[int], dict[str, list[float]]]:
+def edge_columns(u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> tuple[list[int], list[int], dict[str, list[float]]]:
     """Edges as ``u < v`` (swapping pairs given the other way round), sorted by (u, v)."""
-    for name in scores:
-        if not SCORING_NAME.match(name):
-            raise ValueError(f"scoring function name {name!r}: use letters, digits, '_' and '-' only")
+    for name in statistics:
+        if not STATISTIC_NAME.match(name):
+            raise ValueError(f"statistic name {name!r}: use letters, digits, '_' and '-' only")
     u, v = ids_to_db(u), ids_to_db(v)
-    if u.size and not scores:
-        raise ValueError("edges need a score from at least one scoring function")
-    if u.shape != v.shape or any(np.shape(values) != u.shape for values in scores.values()):
-        raise ValueError("u, v and every score array must have the same length")
+    if u.size and not statistics:
+        raise ValueError("edges need at least one statistic")
+    if u.shape != v.shape or any(np.shape(values) != u.shape for values in statistics.values()):
+        raise ValueError("u, v and every statistic's array must have the same length")
     low, high = np.minimum(u, v), np.maximum(u, v)
     order = np.lexsort((high, low))
-    columns = {name: np.asarray(values, dtype=np.float64)[order].tolist() for name, values in scores.items()}
+    columns = {name: np.asarray(values, dtype=np.float64)[order].tolist() for name, values in statistics.items()}
     return low[order].tolist(), high[order].tolist(), columns
 
 
@@ -79,23 +82,6 @@ def nodes_from_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
         "positions": np.column_stack([z, y, x]).astype(np.float64),
         "sizes": np.array(sizes, dtype=np.int64),
     }
-
-
-def edges_from_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
-    """The arrays ``read_edges`` returns, from (u, v, scoring function, score) rows.
-
-    An edge that has no score yet for some scoring function gets NaN there."""
-    u, v, names, values = zip(*rows) if rows else ((),) * 4
-    pairs, pair_of_row = np.unique(np.array([u, v], dtype=np.int64).T, axis=0, return_inverse=True)
-    pair_of_row = pair_of_row.ravel()  # numpy 2.0.0 returned it with the input's dimensions
-    names, values = np.array(names, dtype=object), np.array(values, dtype=np.float64)
-    edges = {"u": pairs[:, 0].astype(np.uint64), "v": pairs[:, 1].astype(np.uint64)}
-    for name in sorted(set(names)):
-        column = np.full(len(pairs), np.nan)
-        rows_of_name = names == name
-        column[pair_of_row[rows_of_name]] = values[rows_of_name]
-        edges[name] = column
-    return edges
 
 
 def check_page_size(page_size: int) -> None:

@@ -1,8 +1,8 @@
 """The RAG in MongoDB, for clusters that already run one.
 
 Collections: ``nodes`` {_id: fragment id, z, y, x, size} indexed on (z, y, x); ``edges``
-{u, v, scores: {scoring function: score}}, one document per edge whatever the number of scoring
-functions, with a unique index on (u, v); ``blocks_done`` {task, block_id}, unique. Writes are
+{u, v, statistics: {name: value}}, one document per edge whatever the number of statistics,
+with a unique index on (u, v); ``blocks_done`` {task, block_id}, unique. Writes are
 unordered bulk upserts; MongoDB retries an upsert that races another on a unique key itself.
 
 ``mongomock://host/db`` runs the same code on mongomock, an in-process stand-in the tests use
@@ -21,12 +21,21 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, node_rows, nodes_from_rows, first_line, roi_bounds, without_password
+from neurosam.rag.common import (
+    WRITE_PROBE_TASK,
+    check_page_size,
+    edge_columns,
+    edge_page,
+    first_line,
+    node_rows,
+    nodes_from_rows,
+    roi_bounds,
+    without_password,
+)
 
 # pymongo waits 30 s for an unreachable server by default; a worker should fail sooner.
 FAST_FAIL_OPTIONS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
 IDS_PER_QUERY = 10_000
-WRITE_PROBE_TASK = "neurosam-check-writable"
 
 
 def connect(url: str) -> pymongo.MongoClient:
@@ -104,51 +113,32 @@ class MongoRag(RagStore):
         if updates:
             self.nodes.bulk_write(updates, ordered=False)
 
-    def write_edges(self, u: np.ndarray, v: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-        low, high, columns = edge_columns(u, v, scores)
+    def write_edges(self, u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> None:
+        low, high, columns = edge_columns(u, v, statistics)
         updates = [
-            UpdateOne({"u": a, "v": b}, {"$set": {f"scores.{name}": values[i] for name, values in columns.items()}}, upsert=True)
+            UpdateOne({"u": a, "v": b}, {"$set": {f"statistics.{name}": values[i] for name, values in columns.items()}}, upsert=True)
             for i, (a, b) in enumerate(zip(low, high))
         ]
         if updates:
             self.edges.bulk_write(updates, ordered=False)
 
-    def read_nodes(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
-        documents = self.nodes.find(roi_query(roi) if roi is not None else {}).sort("_id", 1)
+    def read_nodes(self) -> dict[str, np.ndarray]:
+        documents = self.nodes.find({}).sort("_id", 1)
         return nodes_from_rows([(d["_id"], d["z"], d["y"], d["x"], d["size"]) for d in documents])
 
-    def read_edges(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
-        if roi is None:
-            queries = [{}]
-        else:
-            queries = [{"u": {"$in": ids}} for ids in batches(self._node_ids_in(roi), IDS_PER_QUERY)]
-        rows = [
-            (document["u"], document["v"], name, score)
-            for query in queries
-            for document in self.edges.find(query, {"u": 1, "v": 1, "scores": 1})
-            for name, score in document.get("scores", {}).items()
-        ]
-        return edges_from_rows(rows)
-
-    def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def iter_edges(self, statistic: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Pages in the order of the documents' ``_id``, which every collection has indexed."""
         check_page_size(page_size)
-        field = f"scores.{scoring_function}"
+        field = f"statistics.{statistic}"
         last_key: dict = {}
         while True:
             query = {field: {"$exists": True}, **last_key}
             page = list(self.edges.find(query, {"u": 1, "v": 1, field: 1}).sort("_id", 1).limit(page_size))
             if page:
-                yield edge_page([(d["u"], d["v"], d["scores"][scoring_function]) for d in page])
+                yield edge_page([(d["u"], d["v"], d["statistics"][statistic]) for d in page])
                 last_key = {"_id": {"$gt": page[-1]["_id"]}}
             if len(page) < page_size:
                 return
-
-    def count_nodes(self) -> int:
-        return self.nodes.count_documents({})
-
-    def count_edges(self) -> int:
-        return self.edges.count_documents({})
 
     def delete_in_roi(self, roi: Roi) -> None:
         """Edges first: a crash in between leaves the nodes, so a rerun finds and deletes both."""

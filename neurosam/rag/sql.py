@@ -1,7 +1,6 @@
 """The RAG in an SQL database; SQLite and PostgreSQL share all of it but connecting and transactions.
 
-Edges are kept long, one row per (u, v, scoring function), because the scoring functions are only
-known at run time: a new one needs no schema change. Segment reads them in primary-key order, so
+Edges are kept long, one row per (u, v, statistic), so a new statistic needs no schema change. Segment reads them in primary-key order, so
 every block's writes keep no other index up to date. Both databases speak the same dialect here
 (ON CONFLICT upserts, row-value comparisons); the statements are written with ``?`` placeholders
 and a backend with another placeholder style converts them in ``_sql``.
@@ -17,7 +16,7 @@ import numpy as np
 from funlib.geometry import Roi
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import check_page_size, edge_columns, edge_page, edges_from_rows, first_line, node_rows, nodes_from_rows, roi_bounds
+from neurosam.rag.common import WRITE_PROBE_TASK, check_page_size, edge_columns, edge_page, first_line, node_rows, nodes_from_rows, roi_bounds
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS nodes ("
@@ -25,8 +24,8 @@ SCHEMA = (
     " x DOUBLE PRECISION NOT NULL, size BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS nodes_by_position ON nodes (z, y, x)",
     "CREATE TABLE IF NOT EXISTS edges ("
-    " u BIGINT NOT NULL, v BIGINT NOT NULL, scoring TEXT NOT NULL, score DOUBLE PRECISION NOT NULL,"
-    " PRIMARY KEY (u, v, scoring))",
+    " u BIGINT NOT NULL, v BIGINT NOT NULL, statistic TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (u, v, statistic))",
     "CREATE TABLE IF NOT EXISTS blocks_done (task TEXT NOT NULL, block_id BIGINT NOT NULL, PRIMARY KEY (task, block_id))",
 )
 
@@ -35,13 +34,11 @@ UPSERT_NODE = (
     "ON CONFLICT (id) DO UPDATE SET z = excluded.z, y = excluded.y, x = excluded.x, size = excluded.size"
 )
 UPSERT_EDGE = (
-    "INSERT INTO edges (u, v, scoring, score) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (u, v, scoring) DO UPDATE SET score = excluded.score"
+    "INSERT INTO edges (u, v, statistic, value) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (u, v, statistic) DO UPDATE SET value = excluded.value"
 )
 INSERT_BLOCK_DONE = "INSERT INTO blocks_done (task, block_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 DELETE_BLOCKS_DONE = "DELETE FROM blocks_done WHERE task = ?"
-
-WRITE_PROBE_TASK = "neurosam-check-writable"
 
 
 class SqlRag(RagStore):
@@ -101,42 +98,28 @@ class SqlRag(RagStore):
             with self._transaction() as cursor:
                 cursor.executemany(self._sql(UPSERT_NODE), rows)
 
-    def write_edges(self, u: np.ndarray, v: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-        low, high, columns = edge_columns(u, v, scores)
+    def write_edges(self, u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> None:
+        low, high, columns = edge_columns(u, v, statistics)
         rows = [(a, b, name, columns[name][i]) for i, (a, b) in enumerate(zip(low, high)) for name in sorted(columns)]
         if rows:
             with self._transaction() as cursor:
                 cursor.executemany(self._sql(UPSERT_EDGE), rows)
 
-    def read_nodes(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
-        where, parameters = self._roi_filter(roi) if roi is not None else ("", ())
-        return nodes_from_rows(self._read(f"SELECT n.id, n.z, n.y, n.x, n.size FROM nodes n{where} ORDER BY n.id", parameters))
+    def read_nodes(self) -> dict[str, np.ndarray]:
+        return nodes_from_rows(self._read("SELECT id, z, y, x, size FROM nodes ORDER BY id"))
 
-    def read_edges(self, roi: Roi | None = None) -> dict[str, np.ndarray]:
-        if roi is None:
-            return edges_from_rows(self._read("SELECT u, v, scoring, score FROM edges"))
-        where, parameters = self._roi_filter(roi)
-        statement = f"SELECT e.u, e.v, e.scoring, e.score FROM edges e JOIN nodes n ON n.id = e.u{where}"
-        return edges_from_rows(self._read(statement, parameters))
-
-    def iter_edges(self, scoring_function: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Pages in (u, v) order, which the primary key (u, v, scoring) walks directly."""
+    def iter_edges(self, statistic: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Pages in (u, v) order, which the primary key (u, v, statistic) walks directly."""
         check_page_size(page_size)
         last = (-1, -1)
-        statement = "SELECT u, v, score FROM edges WHERE scoring = ? AND (u, v) > (?, ?) ORDER BY u, v LIMIT ?"
+        statement = "SELECT u, v, value FROM edges WHERE statistic = ? AND (u, v) > (?, ?) ORDER BY u, v LIMIT ?"
         while True:
-            rows = self._read(statement, (scoring_function, *last, page_size))
+            rows = self._read(statement, (statistic, *last, page_size))
             if rows:
                 yield edge_page(rows)
                 last = rows[-1][:2]
             if len(rows) < page_size:
                 return
-
-    def count_nodes(self) -> int:
-        return self._read("SELECT COUNT(*) FROM nodes")[0][0]
-
-    def count_edges(self) -> int:
-        return self._read("SELECT COUNT(*) FROM (SELECT DISTINCT u, v FROM edges) AS pairs")[0][0]
 
     def delete_in_roi(self, roi: Roi) -> None:
         where, parameters = self._roi_filter(roi)

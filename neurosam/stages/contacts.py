@@ -1,6 +1,6 @@
-"""Agglomerate, block-wise part: the affinity statistics of every pair of touching fragments,
-over their whole contact surface, written to the RAG for the global agglomeration of the
-segment stage (``neurosam.graph.agglomeration`` says why that is faithful).
+"""Contacts: the affinity statistics of every pair of touching fragments, over their whole
+contact surface, written to the RAG for the global agglomeration of the segment stage
+(``neurosam.graph.agglomeration`` says why that is faithful).
 
 A fragment lies inside its block's write ROI, so every voxel pair of its contacts lies in the
 write ROI grown by one voxel, which is all a block reads. Across a block face, the fragments
@@ -17,12 +17,18 @@ from contextlib import contextmanager
 import numpy as np
 
 from neurosam.graph.agglomeration import contact_statistics
-from neurosam.layout import WorkerSetup, claims_role
-from neurosam.stages.fragments import read_nearest_affinities
 from neurosam.graph.labels import unique_inverse
+from neurosam.layout import RunPlan, WorkerSetup, claims_role
+from neurosam.stages.fragments import owner_block, read_nearest_affinities
+from neurosam.stages.stage import Layout, Stage, blocks_with_context
 
 
-def agglomerate_block(setup: WorkerSetup, block) -> None:
+def contacts_layout(plan: RunPlan) -> Layout:
+    """Blocks read one voxel beyond their write ROI: all the contacts of their fragments."""
+    return blocks_with_context(plan.block_size, plan.voxel_size, plan.volume_roi)
+
+
+def contacts_block(setup: WorkerSetup, block) -> None:
     plan = setup.plan
     fragments = plan.arrays["fragments"].read(block.read_roi, fill_value=0)
     ids, local = unique_inverse(fragments)
@@ -31,7 +37,7 @@ def agglomerate_block(setup: WorkerSetup, block) -> None:
         ids = np.concatenate([[0], ids])
     affinities = read_nearest_affinities(plan, block.read_roi)
     pairs, statistics = contact_statistics(affinities, local, claimed_by_neighbour(plan, block.read_roi, fragments))
-    owned = plan.owner_block(ids[pairs[:, 0]]) == block.block_id[1]
+    owned = owner_block(plan, ids[pairs[:, 0]]) == block.block_id[1]
     if not owned.any():
         return
     setup.rag.write_edges(ids[pairs[owned, 0]], ids[pairs[owned, 1]], {name: values[owned] for name, values in statistics.items()})
@@ -50,5 +56,8 @@ def claimed_by_neighbour(plan, roi, fragments: np.ndarray) -> list[np.ndarray]:
 
 
 @contextmanager
-def agglomerate_blocks(setup: WorkerSetup):
-    yield lambda block: agglomerate_block(setup, block)
+def contacts_blocks(setup: WorkerSetup):
+    yield lambda block: contacts_block(setup, block)
+
+
+STAGE = Stage("contacts", "neurosam.stages.contacts:contacts_blocks", contacts_layout)

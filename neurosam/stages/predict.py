@@ -5,6 +5,9 @@ share a GPU, in bf16), else on the CPU in fp32 with its share of the cores. A bl
 row of tiles by row in background threads, ahead of the network. Each block covers whole
 tile cores of the volume-wide tile grid and is read with the tile context around it, mirrored at
 the volume's borders, so block-wise prediction equals whole-volume prediction.
+
+Only this stage's workers import torch: the planner reads the checkpoint through
+``predicted_affinities``, which imports it when called.
 """
 
 from __future__ import annotations
@@ -15,13 +18,81 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.affinities import to_uint8
-from neurosam.layout import WorkerSetup
+from neurosam.config import RunConfig
+from neurosam.io.volumes import describe, open_array
+from neurosam.layout import RunPlan, WorkerSetup, predict_timings_dir
+from neurosam.stages.stage import InputError, Layout, OutputArray, Stage, blocks_with_context, require_multiple
+
+
+def predicted_affinities(config: RunConfig) -> tuple[Coordinate, Roi, list[list[int]]]:
+    """(voxel size, ROI, offsets) of the affinities this run predicts from the raw with the
+    configured checkpoint, which is read here in full, so a missing, corrupt or mismatched file
+    fails before any block."""
+    from neurosam.model.build import ModelCheckpointError, load_model
+
+    predict = config.predict
+    if config.datasets.raw is None:
+        raise InputError("predict needs datasets.raw: the raw volume the network reads")
+    raw = open_array(config.datasets.raw)
+    if raw.dtype != np.uint8 or len(raw.shape) != 3:
+        raise InputError(f"raw {config.datasets.raw}: {describe(raw)}, expected uint8 (z, y, x)")
+    try:
+        model, model_config, extra = load_model(predict.checkpoint)
+    except ModelCheckpointError as error:
+        raise InputError(f"predict.checkpoint: {error}") from None
+    trained_voxel_size = extra.get("voxel_size")
+    if trained_voxel_size is None:
+        raise InputError(f"predict.checkpoint {predict.checkpoint} records no voxel size it was trained for")
+    if Coordinate(trained_voxel_size) != raw.voxel_size:
+        raise InputError(
+            f"raw {config.datasets.raw} has voxels of {tuple(raw.voxel_size)} nm, but the model in "
+            f"{predict.checkpoint} was trained on {tuple(trained_voxel_size)} nm"
+        )
+    if any(t % m for t, m in zip(predict.tile_shape, model.input_multiple)):
+        raise InputError(
+            f"predict.tile_shape {predict.tile_shape} is not a multiple of the model's input multiple {model.input_multiple}"
+        )
+    return raw.voxel_size, raw.roi, model_config.offsets
+
+
+def tile_core(plan: RunPlan) -> Coordinate:
+    """nm of a tile's core: the part of its prediction kept."""
+    return Coordinate(plan.config.predict.tile_core) * plan.voxel_size
+
+
+def tile_context(plan: RunPlan) -> Coordinate:
+    """nm read around the tiles of a block, where the network lacks context."""
+    return Coordinate(plan.config.predict.tile_context) * plan.voxel_size
+
+
+def block_size(plan: RunPlan) -> Coordinate:
+    """Predict blocks are whole numbers of tile cores, so every block lays its tiles on the
+    volume-wide tile grid; by default ``blocks.block_size`` rounded up to whole cores."""
+    core = tile_core(plan)
+    if plan.config.predict.block_size is None:
+        return Coordinate(-(-b // c) * c for b, c in zip(plan.block_size, core))
+    size = Coordinate(plan.config.predict.block_size)
+    require_multiple("predict.block_size", size, core, "the tile core (tile_shape - 2 * tile_context)")
+    return size
+
+
+def predict_layout(plan: RunPlan) -> Layout:
+    return blocks_with_context(block_size(plan), tile_context(plan), plan.volume_roi)
+
+
+def affinities_output(plan: RunPlan) -> list[OutputArray]:
+    affinities = plan.arrays["affinities"]
+    return [
+        OutputArray(
+            "affinities", affinities.path, np.uint8, block_size(plan), affinities.channels,
+            {"offsets": plan.affinity_offsets},
+        )
+    ]
 
 
 def choose_device(setup: WorkerSetup):
@@ -29,7 +100,7 @@ def choose_device(setup: WorkerSetup):
     else the CPU."""
     import torch
 
-    settings = setup.plan.config.predict
+    settings = setup.settings
     if settings.device == "auto" and torch.cuda.is_available():
         return torch.device("cuda", (setup.index // settings.workers_per_gpu) % torch.cuda.device_count())
     return torch.device("cpu" if settings.device == "auto" else settings.device)
@@ -39,8 +110,8 @@ def cpu_threads(setup: WorkerSetup) -> int:
     """The cores this process may use, shared among the task's local workers (a SLURM job has
     its own cores)."""
     config = setup.plan.config
-    if config.predict.threads_per_worker is not None:
-        return config.predict.threads_per_worker
+    if setup.settings.threads_per_worker is not None:
+        return setup.settings.threads_per_worker
     cores = len(os.sched_getaffinity(0))
     workers = config.workers.count_for("predict") if config.workers.launcher == "local" else 1
     return max(1, cores // workers)
@@ -65,14 +136,14 @@ class BlockPredictor:
     ``seconds``."""
 
     def __init__(self, setup: WorkerSetup, model, device, autocast_dtype, reader: ThreadPoolExecutor):
-        self.settings = setup.plan.config.predict
+        self.settings = setup.settings
         self.plan = setup.plan
         self.model = model
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.reader = reader
-        self.core = Coordinate(self.settings.tile_core) * setup.plan.voxel_size
-        self.context = setup.plan.predict_context
+        self.core = tile_core(setup.plan)
+        self.context = tile_context(setup.plan)
         self.seconds = {"read": 0.0, "waiting for reads": 0.0, "compute": 0.0, "write": 0.0}
         self.blocks = 0
 
@@ -121,10 +192,10 @@ def predict_blocks(setup: WorkerSetup):
     device = choose_device(setup)
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads(setup))
-    model, _, _ = load_model(setup.plan.config.predict.checkpoint, map_location=device)
+    model, _, _ = load_model(setup.settings.checkpoint, map_location=device)
     model.eval()
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
-    reader = ThreadPoolExecutor(max_workers=setup.plan.config.predict.read_ahead, thread_name_prefix="raw-reader")
+    reader = ThreadPoolExecutor(max_workers=setup.settings.read_ahead, thread_name_prefix="raw-reader")
     predictor = BlockPredictor(setup, model, device, autocast_dtype, reader)
     try:
         yield predictor
@@ -133,14 +204,18 @@ def predict_blocks(setup: WorkerSetup):
         write_timings(setup, device, predictor)
 
 
-def timings_dir(work_dir) -> Path:
-    return Path(work_dir) / "logs" / "predict_timings"
-
-
 def write_timings(setup: WorkerSetup, device, predictor: BlockPredictor) -> None:
     """Where each worker's time went, one JSON file per worker process, beside the worker logs."""
-    directory = timings_dir(setup.plan.work_dir)
+    directory = predict_timings_dir(setup.plan.work_dir)
     directory.mkdir(parents=True, exist_ok=True)
     record = {"task": setup.task.task_id, "worker": setup.index, "device": str(device), "blocks": predictor.blocks}
     record["seconds"] = {name: round(seconds, 4) for name, seconds in predictor.seconds.items()}
     (directory / f"worker-{setup.index}-{os.getpid()}.json").write_text(json.dumps(record))
+
+
+STAGE = Stage(
+    "predict", "neurosam.stages.predict:predict_blocks", predict_layout,
+    sections=("datasets", "roi", "predict"),
+    enabled=lambda config: config.predict is not None,
+    outputs=affinities_output,
+)

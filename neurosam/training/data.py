@@ -7,20 +7,14 @@ many times, and decompressing a chunk per patch would starve the network.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
-
-import h5py
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from neurosam.affinities import labels_to_affinities
+from neurosam.io.volumes import VolumeError, open_dataset
 from neurosam.training.augment import UNKNOWN_LABEL, AugmentConfig, augment_geometry, augment_intensity
-from neurosam.io.volumes import VolumeError, open_array
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 ZRange = tuple[int, int]
 
@@ -45,34 +39,6 @@ class DataConfig(BaseModel):
         if self.train_z[0] < self.validation_z[1] and self.validation_z[0] < self.train_z[1]:
             raise ValueError(f"train_z {list(self.train_z)} and validation_z {list(self.validation_z)} overlap")
         return self
-
-
-def _split_hdf5_path(path: str) -> tuple[Path, str] | None:
-    parts = Path(path).parts
-    for i, part in enumerate(parts):
-        if part.endswith(HDF5_SUFFIXES):
-            return Path(*parts[: i + 1]), "/".join(parts[i + 1 :])
-    return None
-
-
-@contextmanager
-def open_dataset(path: str) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
-    """A dataset that numpy-style slicing reads, with its voxel size and offset (nm, z y x)."""
-    hdf5 = _split_hdf5_path(path)
-    if hdf5 is None:
-        array = open_array(path)
-        yield array.data, np.array(array.voxel_size), np.array(array.offset)
-        return
-    file_path, dataset_name = hdf5
-    if not file_path.exists():
-        raise VolumeError(f"{path}: file {file_path} does not exist")
-    with h5py.File(file_path, "r") as file:
-        if dataset_name not in file:
-            raise VolumeError(f"{path}: no dataset '{dataset_name}' in {file_path} (has {sorted(file)})")
-        dataset = file[dataset_name]
-        voxel_size = np.array(dataset.attrs.get("resolution", (1, 1, 1)), dtype=np.int64)
-        offset = np.array(dataset.attrs.get("offset", (0, 0, 0)), dtype=np.int64)
-        yield dataset, voxel_size, offset
 
 
 def raw_to_float(raw: np.ndarray) -> np.ndarray:

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neurosam.config import ConfigError, PositiveVector3, load_file_config
 from neurosam.model.config import ModelConfig
-from neurosam.training.data import open_dataset, raw_to_float
+from neurosam.io.volumes import open_dataset
+from neurosam.training.data import raw_to_float
 from neurosam.model.decoder import SkipDecoder
 from neurosam.model.fge import FineGrainedEncoder
 from neurosam.training.masking import MaskConfig, make_mask

@@ -22,14 +22,15 @@ import waterz
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from neurosam.affinities import NEAREST_OFFSETS
+from neurosam.affinities import NEAREST_OFFSETS, nearest_neighbour_channels
 from neurosam.config import HIST_QUANT_50, ConfigError, Vector3, load_file_config
 from neurosam.graph.metrics import evaluate
 from neurosam.model.build import build_model, load_model, save_checkpoint
 from neurosam.training.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
 from neurosam.model.inference import predict_volume
-from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range, open_dataset
+from neurosam.io.volumes import open_dataset
+from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range
 from neurosam.training.losses import HEADS, LossConfig, affinity_loss
 from neurosam.training.pretraining import load_pretrained
 from neurosam.quiet import quiet_stdout
@@ -154,7 +155,7 @@ def segment_and_score(
     scoring_function: str = HIST_QUANT_50,
 ) -> dict[float, dict[str, float]]:
     """Scores per threshold of waterz segmentations of the nearest-neighbour affinities."""
-    nearest = np.ascontiguousarray(affinities[[offsets.index(offset) for offset in NEAREST_OFFSETS]], dtype=np.float32)
+    nearest = np.ascontiguousarray(affinities[nearest_neighbour_channels(offsets)], dtype=np.float32)
     scores = {}
     with quiet_stdout():
         thresholds = sorted(thresholds)

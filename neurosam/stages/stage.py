@@ -1,0 +1,93 @@
+"""What a stage declares, and the block layouts stages share.
+
+A stage is data: its name, the ``module:function`` of its block function, its block layout,
+the config sections its output depends on (its fingerprint), whether a run has it, the arrays
+it writes and the inputs it checks. The scheduler builds every daisy task from these records;
+the worker imports the block function by name.
+
+A block function is a context manager ``function(setup)`` taking a ``WorkerSetup`` (the plan,
+the task, the RAG, the worker's index and the stage's own config section): it sets a worker up
+once (loads the model, opens arrays) and yields ``process(block)``, called for every block the
+worker gets. It reads its read ROI, writes only its write ROI and the RAG, and is idempotent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from funlib.geometry import Coordinate, Roi
+
+from neurosam.config import RunConfig
+from neurosam.io.volumes import open_array
+from neurosam.layout import RunPlan
+
+Layout = tuple[Roi, Roi, Roi]
+"""The ROI a task's blocks tile, one block's read ROI and its write ROI (nm)."""
+
+
+class InputError(ValueError):
+    """Input that cannot run: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class OutputArray:
+    """An array a stage writes, created before any block runs (kept when it exists and fits)."""
+
+    role: str
+    path: str
+    dtype: type
+    block_size: Coordinate
+    channels: tuple[int, ...] = ()
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    block_function: str
+    layout: Callable[[RunPlan], Layout]
+    """May raise ``InputError`` when the config asks for blocks that cannot be laid out."""
+    sections: tuple[str, ...] = ()
+    enabled: Callable[[RunConfig], bool] = lambda config: True
+    outputs: Callable[[RunPlan], list[OutputArray]] = lambda plan: []
+    check_inputs: Callable[[RunPlan], None] = lambda plan: None
+    """Raises ``InputError`` for an input the stage cannot read, before any block runs."""
+
+
+def require_multiple(name: str, value: Coordinate, unit: Coordinate, unit_name: str = "the voxel size") -> None:
+    if value % unit != Coordinate((0,) * len(unit)):
+        raise InputError(f"{name} {tuple(value)} nm is not a multiple of {unit_name} {tuple(unit)} nm")
+
+
+def check_input(plan: RunPlan, path: str, role: str, dtypes: tuple):
+    """An input array: of one of ``dtypes``, on the run's voxel grid, covering the run's ROI."""
+    array = open_array(path)
+    if array.dtype not in dtypes:
+        raise InputError(f"{role} {path}: dtype {array.dtype}, expected one of {[str(d) for d in dtypes]}")
+    if array.voxel_size != plan.voxel_size:
+        raise InputError(
+            f"{role} {path}: voxel size {tuple(array.voxel_size)} nm does not match the run's {tuple(plan.voxel_size)} nm"
+        )
+    if not array.roi.contains(plan.volume_roi):
+        raise InputError(f"{role} {path}: its ROI {array.roi} does not cover the run's ROI {plan.volume_roi}")
+    return array
+
+
+def blocks_with_context(block_size: Coordinate, context: Coordinate, volume_roi: Roi) -> Layout:
+    """Blocks on a grid anchored at the volume's origin, each read with ``context`` around it."""
+    return (
+        volume_roi.grow(context, context),
+        Roi((0,) * len(block_size), block_size + context * 2),
+        Roi(context, block_size),
+    )
+
+
+def plain_blocks(plan: RunPlan) -> Layout:
+    return blocks_with_context(plan.block_size, Coordinate((0,) * len(plan.block_size)), plan.volume_roi)
+
+
+def whole_volume(plan: RunPlan) -> Layout:
+    """One block over everything: for stages that run after every block upstream of them."""
+    whole = Roi((0,) * len(plan.block_size), plan.volume_roi.shape)
+    return plan.volume_roi, whole, whole
