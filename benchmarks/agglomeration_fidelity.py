@@ -33,10 +33,10 @@ from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, store_a
 from neurosam.config import load_config
 from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.graph.metrics import evaluate
+from neurosam.io.volumes import create_array, open_array
 from neurosam.layout import segmentation_path
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
-from neurosam.io.volumes import create_array, open_array
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = [round(0.1 * step, 1) for step in range(1, 10)]

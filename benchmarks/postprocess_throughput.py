@@ -12,7 +12,7 @@ fragments: there the fixed cost of each block dominates, as with 64^3 blocks at 
 Both sides start from the uint8 affinities in zarr and end with one uint64 segmentation per
 threshold in zarr, with the same scoring function and thresholds; monolithic waterz does one
 watershed and one agglomeration of the whole volume. "workers" is the pipeline's workers.count,
-the workers per task: stages overlap, so with 1 worker fragments and agglomerate already run
+the workers per task: stages overlap, so with 1 worker fragments and contacts already run
 side by side; the CPU seconds of all worker processes show how many cores a run kept busy.
 
 Both sides are measured the same way, by this process: each run is one child process (spawned:
@@ -60,9 +60,9 @@ from scipy import ndimage
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, labels_to_affinities, store_affinities, to_float
 from neurosam.config import SegmentConfig
+from neurosam.io.volumes import create_array, open_array
 from neurosam.pipeline.plan import output_chunk_voxels
 from neurosam.quiet import quiet_stdout
-from neurosam.io.volumes import create_array, open_array
 
 MEDULLA = Path(__file__).resolve().parents[1] / "data" / "medulla_fibsem.h5"
 SCORING_NAME = "hist_quant_50"

@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 from funlib.geometry import Coordinate
 
-from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.config import load_config
+from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
 

@@ -52,7 +52,7 @@ class BlockSpec(StrictModel):
     block_size: PositiveVector3
     context: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt] | None = None
     """nm the fragments watershed reads around each block, so that a basin cut by a block face
-    is known as one. Default: 8 voxels (see plan.py)."""
+    is known as one. Default: 8 voxels (see ``neurosam.stages.fragments``)."""
 
 
 class SlurmConfig(StrictModel):
@@ -232,56 +232,57 @@ def _jsonable(value):
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
-def _resolve_relative(data: dict, base: Path) -> dict:
-    """Paths in a config are relative to the config file, so a run works from any directory."""
+SQLITE_URL = "sqlite:///"
+RUN_CONFIG_PATHS = ["work_dir", "datasets.*", "predict.checkpoint", "rag.url"]
+"""Where a run config holds paths, which are relative to the config file."""
 
-    def resolve(value: str | None) -> str | None:
-        if value is None or "://" in value or Path(value).is_absolute():
-            return value
-        return str((base / value).resolve())
 
-    data = dict(data)
-    if "work_dir" in data:
-        data["work_dir"] = resolve(str(data["work_dir"]))
-    if isinstance(data.get("datasets"), dict):
-        data["datasets"] = {k: resolve(v) for k, v in data["datasets"].items()}
-    predict = data.get("predict")
-    if isinstance(predict, dict) and predict.get("checkpoint") is not None:
-        data["predict"] = {**predict, "checkpoint": resolve(str(predict["checkpoint"]))}
-    rag = data.get("rag")
-    if isinstance(rag, dict) and str(rag.get("url", "")).startswith("sqlite:///"):
-        db_path = rag["url"][len("sqlite:///") :]
-        data["rag"] = {**rag, "url": "sqlite:///" + resolve(db_path)}
-    return data
+def _absolute(value, base: Path):
+    """A path relative to ``base`` made absolute (in a list, each; of an SQLite URL, its file);
+    other URLs and everything else unchanged."""
+    if isinstance(value, list):
+        return [_absolute(item, base) for item in value]
+    if not isinstance(value, str):
+        return value
+    if value.startswith(SQLITE_URL):
+        return SQLITE_URL + _absolute(value[len(SQLITE_URL) :], base)
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
 
 
 def _make_absolute(node, key: tuple[str, ...], base: Path) -> None:
+    """In place, the values at ``key`` (``*``: every item of a list or mapping) made absolute."""
     head, rest = key[0], key[1:]
-    if head == "*":
-        for child in node if isinstance(node, list) else []:
-            _make_absolute(child, rest, base)
+    if isinstance(node, dict):
+        names = list(node) if head == "*" else [head] if head in node else []
+    elif isinstance(node, list) and head == "*":
+        names = range(len(node))
+    else:
         return
-    if not isinstance(node, dict) or node.get(head) is None:
-        return
-    if rest:
-        _make_absolute(node[head], rest, base)
-    elif isinstance(node[head], str) and not Path(node[head]).is_absolute():
-        node[head] = str((base / node[head]).resolve())
-    elif isinstance(node[head], list):
-        node[head] = [item if not isinstance(item, str) or Path(item).is_absolute() else str((base / item).resolve()) for item in node[head]]
+    for name in names:
+        if rest:
+            _make_absolute(node[name], rest, base)
+        else:
+            node[name] = _absolute(node[name], base)
 
 
-def load_file_config(path: str | Path, model: type[BaseModel], relative_paths: list[str]):
-    """A YAML config validated as ``model``, whose paths at ``relative_paths`` (dotted keys, ``*``
-    for every item of a list) are relative to the file, so that it runs from any directory."""
-    path = Path(path)
-    data = load_yaml(path)
+def _validated(path: Path, model: type[BaseModel], data: dict, relative_paths: list[str]):
+    """``data`` from the file at ``path`` as ``model``, its paths at ``relative_paths`` (dotted
+    keys) taken relative to the file, so that it runs from any directory."""
     for key in relative_paths:
         _make_absolute(data, tuple(key.split(".")), path.resolve().parent)
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise ConfigError(format_validation_error(path, error)) from None
+
+
+def load_file_config(path: str | Path, model: type[BaseModel], relative_paths: list[str]):
+    """A YAML config validated as ``model``, whose paths at ``relative_paths`` (dotted keys, ``*``
+    for every item) are relative to the file."""
+    path = Path(path)
+    return _validated(path, model, load_yaml(path), relative_paths)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -323,8 +324,4 @@ def load_config(path: str | Path) -> RunConfig:
     path = Path(path)
     data = load_yaml(path)
     _refuse_renamed_keys(data, path)
-    data = _resolve_relative(data, path.resolve().parent)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(format_validation_error(path, error)) from None
+    return _validated(path, RunConfig, data, RUN_CONFIG_PATHS)

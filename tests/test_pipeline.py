@@ -14,10 +14,10 @@ from funlib.geometry import Coordinate
 
 from neurosam.config import HIST_QUANT_50, load_config
 from neurosam.graph.metrics import evaluate
+from neurosam.io.volumes import open_array
 from neurosam.layout import load_plan, plan_path
 from neurosam.pipeline.run import run_pipeline, run_status
 from neurosam.rag import open_rag
-from neurosam.io.volumes import open_array
 from neurosam.stages.evaluate import middle_section
 from neurosam.stages.fragments import owner_block, stitching_context
 from pipeline_support import gala_inputs, medulla_gt_inputs, read_edges, read_segmentation, write_config

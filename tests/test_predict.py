@@ -20,13 +20,13 @@ from funlib.geometry import Coordinate, Roi
 from neurosam.affinities import NEAREST_OFFSETS, to_uint8
 from neurosam.cli import main
 from neurosam.config import load_config
+from neurosam.io.volumes import create_array, open_array
 from neurosam.model.build import build_model, save_checkpoint
 from neurosam.model.config import ModelConfig
 from neurosam.model.inference import normalise, predict_volume
 from neurosam.pipeline.plan import task_ids
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
-from neurosam.io.volumes import create_array, open_array
 from pipeline_support import read_h5
 
 VOXEL_SIZE = (10, 10, 10)

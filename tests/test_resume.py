@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
-from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.config import load_config
-from neurosam.pipeline.run import run_pipeline
-from neurosam.pipeline.plan import task_ids
-from neurosam.rag import open_rag
+from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.io.volumes import open_array
+from neurosam.pipeline.plan import task_ids
+from neurosam.pipeline.run import run_pipeline
+from neurosam.rag import open_rag
 from pipeline_support import read_edges, write_config
 
 BLOCKS = {"block_size": (250, 250, 500), "context": (50, 50, 50)}

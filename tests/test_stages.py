@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from neurosam.config import load_config
+from neurosam.io.volumes import open_array
 from neurosam.pipeline import registry
 from neurosam.pipeline.run import run_pipeline, run_status
-from neurosam.io.volumes import open_array
 from pipeline_support import gala_inputs, write_config
 
 

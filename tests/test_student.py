@@ -11,10 +11,10 @@ import yaml
 from neurosam.affinities import NEAREST_OFFSETS
 from neurosam.model.build import build_model
 from neurosam.model.config import ModelConfig, Sam2Config, StudentConfig
-from neurosam.training.distillation import distill, load_distill_config, mutual_ema
-from neurosam.training.pretraining import load_pretrained
 from neurosam.model.sam2_backbone import Sam2Backbone, build_image_encoder
 from neurosam.model.student import StudentBackbone, StudentEncoder
+from neurosam.training.distillation import distill, load_distill_config, mutual_ema
+from neurosam.training.pretraining import load_pretrained
 from test_training import write_volume
 
 STUDENT_FGNET = {

@@ -14,11 +14,12 @@ from scipy.ndimage import distance_transform_edt
 
 from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
 from neurosam.config import ConfigError
+from neurosam.io.volumes import VolumeError, create_array
 from neurosam.model.build import build_model
-from neurosam.training.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
-from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range
 from neurosam.model.inference import predict_volume
+from neurosam.training.augment import AugmentConfig
+from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range
 from neurosam.training.losses import LossConfig, affinity_loss, balanced_bce, class_balance_weights, dice_loss
 from neurosam.training.training import (
     TRAINING_LOG,
@@ -28,7 +29,6 @@ from neurosam.training.training import (
     train_from_config,
     train_step,
 )
-from neurosam.io.volumes import VolumeError, create_array
 
 REPO = Path(__file__).resolve().parents[1]
 MEDULLA = REPO / "data" / "medulla_fibsem.h5"

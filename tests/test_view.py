@@ -17,10 +17,10 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from neurosam.config import load_config
+from neurosam.io.volumes import open_storage
 from neurosam.layout import segmentation_path
 from neurosam.pipeline.run import run_pipeline
 from neurosam.view import default_threshold, open_viewer
-from neurosam.io.volumes import open_storage
 from pipeline_support import gala_inputs, write_config
 
 pytestmark = pytest.mark.browser

@@ -4,8 +4,9 @@ Every dataset is addressed by one string, ``container/dataset`` (``data.zarr/raw
 config names an array the same way everywhere. Arrays come back as funlib.persistence
 ``Array`` objects: index them with ROIs in nm, never with voxel slices.
 
-funlib.persistence is imported where an array is opened or created: it brings dask, xarray and
-pandas, over half a second that block workers, which never call these functions, do not pay.
+funlib.persistence is imported where an ``Array`` is opened or created: it brings dask, xarray
+and pandas, over half a second that block workers, which read through ``open_storage``, do not
+pay.
 """
 
 from __future__ import annotations

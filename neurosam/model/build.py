@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from neurosam.io.volumes import open_dataset
+from neurosam.model.checkpoint import read_checkpoint
 
 from neurosam.model.config import ModelConfig
 from neurosam.model.fge import FineGrainedEncoder
@@ -68,15 +69,7 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, 
 
     A device given as ``map_location`` (a string or torch.device) receives the model too.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelCheckpointError(f"model checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise ModelCheckpointError(f"{path} cannot be read as a checkpoint (truncated or corrupt?): {error}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ModelCheckpointError(f"{path} is not a neurosam model checkpoint ({CHECKPOINT_FORMAT})")
+    checkpoint = read_checkpoint(path, "model checkpoint", ModelCheckpointError, CHECKPOINT_FORMAT, map_location)
     try:
         config = ModelConfig.model_validate(checkpoint["model_config"])
         model = build_model(config, load_sam2_weights=False)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from neurosam.model.checkpoint import read_checkpoint
 from neurosam.model.config import Sam2Config
 
 logger = logging.getLogger(__name__)
@@ -61,13 +62,8 @@ def variant_of(encoder_state: dict[str, torch.Tensor]) -> str | None:
 
 def read_encoder_state(path: Path) -> dict[str, torch.Tensor]:
     """The ``image_encoder.*`` tensors of an official SAM2 checkpoint, prefix stripped."""
-    if not path.is_file():
-        raise Sam2CheckpointError(f"SAM2 checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise Sam2CheckpointError(f"SAM2 checkpoint {path} is not a readable torch file: {error}") from error
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+    checkpoint = read_checkpoint(path, "SAM2 checkpoint", Sam2CheckpointError)
+    if not isinstance(checkpoint.get("model"), dict):
         raise Sam2CheckpointError(f"{path} is not a SAM2 checkpoint: it has no 'model' state dict")
     state = {
         key[len(ENCODER_PREFIX) :]: value for key, value in checkpoint["model"].items() if key.startswith(ENCODER_PREFIX)

@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from neurosam.config import ConfigError, load_file_config
 from neurosam.model.config import Sam2Config, StudentConfig
-from neurosam.training.pretraining import PRETRAINED_FORMAT, PretrainVolume, load_part, load_volumes, read_pretrained
 from neurosam.model.sam2_backbone import Sam2Backbone
 from neurosam.model.student import StudentEncoder
+from neurosam.training.pretraining import PRETRAINED_FORMAT, PretrainVolume, load_part, load_volumes, read_pretrained
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 

@@ -29,13 +29,14 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from neurosam.config import ConfigError, PositiveVector3, load_file_config
-from neurosam.model.config import ModelConfig
 from neurosam.io.volumes import open_dataset
-from neurosam.training.data import raw_to_float
+from neurosam.model.checkpoint import read_checkpoint
+from neurosam.model.config import ModelConfig
 from neurosam.model.decoder import SkipDecoder
 from neurosam.model.fge import FineGrainedEncoder
-from neurosam.training.masking import MaskConfig, make_mask
 from neurosam.model.sam2_backbone import FEATURE_CHANNELS, Sam2Backbone
+from neurosam.training.data import raw_to_float
+from neurosam.training.masking import MaskConfig, make_mask
 
 logger = logging.getLogger(__name__)
 
@@ -239,14 +240,7 @@ def pretrain_from_config(config_path: str | Path) -> dict:
 
 
 def read_pretrained(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"pretrained checkpoint {path} cannot be read: {error}") from None
-    if not isinstance(state, dict) or state.get("format") != PRETRAINED_FORMAT:
-        raise ConfigError(f"{path} is not a neurosam pretraining checkpoint ({PRETRAINED_FORMAT})")
-    return state
+    return read_checkpoint(path, "pretraining checkpoint", ConfigError, PRETRAINED_FORMAT)
 
 
 def load_part(module: nn.Module, state: dict, prefix: str, path: str | Path) -> None:

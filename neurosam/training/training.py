@@ -25,15 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from neurosam.affinities import NEAREST_OFFSETS, nearest_neighbour_channels
 from neurosam.config import HIST_QUANT_50, ConfigError, Vector3, load_file_config
 from neurosam.graph.metrics import evaluate
+from neurosam.io.volumes import open_dataset
 from neurosam.model.build import build_model, load_model, save_checkpoint
-from neurosam.training.augment import AugmentConfig
 from neurosam.model.config import ModelConfig
 from neurosam.model.inference import predict_volume
-from neurosam.io.volumes import open_dataset
+from neurosam.quiet import quiet_stdout
+from neurosam.training.augment import AugmentConfig
 from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range
 from neurosam.training.losses import HEADS, LossConfig, affinity_loss
 from neurosam.training.pretraining import load_pretrained
-from neurosam.quiet import quiet_stdout
 
 logger = logging.getLogger(__name__)
 
