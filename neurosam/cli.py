@@ -57,7 +57,7 @@ def _convert(args) -> None:
 
 def _view(args) -> None:
     from neurosam.config import load_config
-    from neurosam.layout import segmentation_path
+    from neurosam.layout import segmentation_path, view_picture_path
     from neurosam.view import default_threshold, open_viewer, render_overview, serve
 
     config = load_config(args.config)
@@ -71,7 +71,7 @@ def _view(args) -> None:
         return
     if config.datasets.raw is None:
         raise ConfigError(f"{args.config}: datasets.raw is needed to draw the segmentation over it")
-    out = Path(args.out or config.work_dir / f"view_{threshold:.4f}.png")
+    out = Path(args.out or view_picture_path(config.work_dir, threshold))
     render_overview(config.datasets.raw, segmentation_path(config, threshold), out, z=args.z)
     print(f"wrote {out}")
 

@@ -262,6 +262,11 @@ def evaluation_pictures(work_dir: Path) -> tuple[Path, Path]:
     return Path(work_dir) / "segmentation.png", Path(work_dir) / "evaluation.png"
 
 
+def view_picture_path(work_dir: Path, threshold: float) -> Path:
+    """Where ``neurosam view --png`` draws a section, unless told otherwise."""
+    return Path(work_dir) / f"view_{threshold:.4f}.png"
+
+
 def claims_role(axis: int) -> str:
     return f"fragment_claims_{AXES[axis]}"
 

@@ -26,6 +26,7 @@ from neurosam.affinities import to_uint8
 from neurosam.config import RunConfig
 from neurosam.io.volumes import describe, open_array
 from neurosam.layout import RunPlan, WorkerSetup, predict_timings_dir
+from neurosam.model.tiles import tile_counts
 from neurosam.stages.stage import InputError, Layout, OutputArray, Stage, blocks_with_context, require_multiple
 
 
@@ -121,7 +122,7 @@ def tile_rows(write_roi: Roi, core: Coordinate, context: Coordinate) -> list[Roi
     """The raw each row of a block's tiles reads (one tile core deep in z, every tile in y and
     x, with context around): whole cores covering the write ROI, so the rows lie on the
     volume-wide tile grid."""
-    counts = Coordinate(-(-s // c) for s, c in zip(write_roi.shape, core))
+    counts = Coordinate(tile_counts(write_roi.shape, core))
     row_shape = Coordinate(core[0], counts[1] * core[1], counts[2] * core[2]) + context * 2
     return [
         Roi(write_roi.offset - context + Coordinate(row * core[0], 0, 0), row_shape)
