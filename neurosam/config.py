@@ -187,6 +187,10 @@ class SegmentConfig(StrictModel):
 
 class EvaluateConfig(StrictModel):
     ignore_background: bool = True
+    chosen_threshold: float | None = None
+    """The threshold chosen on a validation crop (a trained model records its own as
+    ``best.threshold``): the report's figure is this threshold's scores. The crop's own best
+    threshold is reported beside it, labelled as picked on the crop itself."""
 
 
 class RunConfig(StrictModel):
@@ -200,6 +204,13 @@ class RunConfig(StrictModel):
     fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _chosen_threshold_is_segmented(self) -> "RunConfig":
+        chosen = self.evaluate.chosen_threshold
+        if chosen is not None and chosen not in self.segment.thresholds:
+            raise ValueError(f"evaluate.chosen_threshold {chosen} is not one of segment.thresholds {self.segment.thresholds}")
+        return self
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections: a task's done records live under it, so changing

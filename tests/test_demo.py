@@ -11,12 +11,19 @@ import yaml
 
 from neurosam.cli import main
 from neurosam.config import load_config
+from neurosam.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 SHIPPED_MODEL_VOI_BOUND = 2.0
 """Well above the shipped model's figure in the README's model card; a model that predicts no
 boundaries scores over 3.5 here (every neuron merged into one)."""
+
+
+def test_the_demo_reports_at_the_threshold_its_model_chose_on_validation():
+    demo = load_config(DEMO)
+    _, _, extra = load_model(demo.predict.checkpoint)
+    assert demo.evaluate.chosen_threshold == extra["best"]["threshold"]
 
 
 def test_demo_runs_from_raw_to_scored_neurons(tmp_path, capsys):
@@ -37,8 +44,10 @@ def test_demo_runs_from_raw_to_scored_neurons(tmp_path, capsys):
     print(printed)
     report = json.loads((tmp_path / "evaluation.json").read_text())
     best = report["thresholds"][report["best_threshold"]]
+    chosen = report["thresholds"][report["chosen_threshold"]]
+    assert f"at the chosen threshold {report['chosen_threshold']} (chosen on a validation crop): VOI {chosen['voi']:.3f}" in printed
     assert f"best threshold {report['best_threshold']}: VOI {best['voi']:.3f}" in printed
-    assert best["voi"] < SHIPPED_MODEL_VOI_BOUND
+    assert chosen["voi"] < SHIPPED_MODEL_VOI_BOUND
     assert (tmp_path / "segmentation.png").exists() and (tmp_path / "evaluation.png").exists()
 
     assert main(["run", str(path)]) == 0

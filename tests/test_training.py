@@ -371,6 +371,13 @@ def test_shipped_configs_load_and_point_at_the_data():
     assert [c.model.architecture for c in configs.values()] == ["fgnet", "fgnet", "fge", "unet"]
 
 
+def test_shipped_training_configs_follow_the_protocol():
+    """Train on z 0-99, choose on z 100-129, report on the demo crop z 130-159."""
+    for path in sorted((REPO / "configs").glob("train_*.yaml")):
+        data = load_train_config(path).data
+        assert (data.train_z, data.validation_z, data.report_z) == ((0, 100), (100, 130), (130, 160)), path.name
+
+
 def test_config_paths_are_relative_to_the_file_and_errors_name_the_key(tmp_path):
     fgnet = {"architecture": "fgnet", "sam2": {"checkpoint": "weights/sam2.1_hiera_tiny.pt"}}
     path = write_config(tmp_path, iterations=1, model=fgnet)
@@ -382,6 +389,7 @@ def test_config_paths_are_relative_to_the_file_and_errors_name_the_key(tmp_path)
     for change, message in (
         ({"learning_rate": 0.1}, "learning_rate: unknown key"),
         ({"data": {**config["data"], "validation_z": [10, 20]}}, "overlap"),
+        ({"data": {**config["data"], "report_z": [20, 30]}}, r"validation_z \[18, 24\] and report_z \[20, 30\] overlap"),
         ({"model": {**TINY_UNET, "offsets": [[0, 0, -1]]}}, "nearest-neighbour"),
     ):
         path.write_text(yaml.safe_dump({**config, **change}))

@@ -312,7 +312,16 @@ def format_summary(summary: dict) -> str:
     if "evaluation" in summary:
         best = summary["evaluation"]["best_threshold"]
         scores = summary["evaluation"]["thresholds"][best]
-        lines.append(f"best threshold {best}: VOI {scores['voi']:.3f}, adapted Rand error {scores['adapted_rand_error']:.3f}")
+        chosen = summary["evaluation"].get("chosen_threshold")
+        if chosen is not None:
+            at_chosen = summary["evaluation"]["thresholds"][chosen]
+            lines.append(
+                f"at the chosen threshold {chosen} (chosen on a validation crop): VOI {at_chosen['voi']:.3f} "
+                f"(split {at_chosen['voi_split']:.3f}, merge {at_chosen['voi_merge']:.3f}), "
+                f"adapted Rand error {at_chosen['adapted_rand_error']:.3f}"
+            )
+        lines.append(f"best threshold {best}: VOI {scores['voi']:.3f}, adapted Rand error {scores['adapted_rand_error']:.3f}"
+                     + (" (picked on this crop itself)" if chosen is not None else ""))
         lines.append(f"  segmentation: {summary['segmentations'][best]}")
         lines.append(f"  report: {summary['report']['scores']}; pictures: {', '.join(summary['report']['pictures'])}")
     return "\n".join(lines)

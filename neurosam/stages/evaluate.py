@@ -119,6 +119,7 @@ def evaluate_run(config: RunConfig, volume_roi: Roi) -> dict:
         "scoring_function": config.segment.scoring_function,
         "ground_truth": config.datasets.ground_truth,
         "best_threshold": best,
+        "chosen_threshold": None if config.evaluate.chosen_threshold is None else f"{config.evaluate.chosen_threshold:.4f}",
         "thresholds": per_threshold,
     }
     segmentation_picture, scores_picture = evaluation_pictures(config.work_dir)

@@ -21,7 +21,10 @@ ZRange = tuple[int, int]
 
 class DataConfig(BaseModel):
     """Where raw and ground truth live, as ``file.h5/dataset`` or ``container.zarr/dataset``,
-    and the z ranges [start, stop) in voxels that train and validate."""
+    and the protocol's z ranges [start, stop) in voxels: ``train_z`` trains, ``validation_z``
+    chooses the checkpoint and the threshold, ``report_z`` (optional) is where the figures are
+    reported, at the threshold chosen on ``validation_z``. A figure read off the crop that chose
+    the checkpoint or the threshold would flatter the model, so the three must not overlap."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,16 +32,26 @@ class DataConfig(BaseModel):
     labels: str
     train_z: ZRange
     validation_z: ZRange
+    report_z: ZRange | None = None
     background: int = 0
 
     @model_validator(mode="after")
     def _disjoint_ranges(self) -> "DataConfig":
-        for name, (start, stop) in (("train_z", self.train_z), ("validation_z", self.validation_z)):
+        ranges = {name: value for name, value in self.z_ranges.items() if value is not None}
+        for name, (start, stop) in ranges.items():
             if not 0 <= start < stop:
                 raise ValueError(f"{name} must be [start, stop) with 0 <= start < stop, got {[start, stop]}")
-        if self.train_z[0] < self.validation_z[1] and self.validation_z[0] < self.train_z[1]:
-            raise ValueError(f"train_z {list(self.train_z)} and validation_z {list(self.validation_z)} overlap")
+        names = list(ranges)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                (a, b), (c, d) = ranges[first], ranges[second]
+                if a < d and c < b:
+                    raise ValueError(f"{first} {[a, b]} and {second} {[c, d]} overlap")
         return self
+
+    @property
+    def z_ranges(self) -> dict[str, ZRange | None]:
+        return {"train_z": self.train_z, "validation_z": self.validation_z, "report_z": self.report_z}
 
 
 def raw_to_float(raw: np.ndarray) -> np.ndarray:
