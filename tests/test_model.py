@@ -172,6 +172,9 @@ def parameters_after_one_step(model: torch.nn.Module) -> tuple[dict, dict]:
 
 def test_frozen_sam2_stays_unchanged_while_the_rest_trains():
     model = build_model(small_config("fgnet", trainable="frozen"))
+    with torch.no_grad():
+        for gain in gains(model):
+            gain.fill_(0.5)  # a fresh gain of 0 keeps the attention's own first gradient at 0
     before, after = parameters_after_one_step(model)
     for name, parameter in after.items():
         changed = not torch.equal(before[name], parameter)
@@ -226,3 +229,55 @@ def test_load_model_errors(tmp_path):
     torch.save({"model": {}}, tmp_path / "sam2_like.pt")
     with pytest.raises(ModelCheckpointError, match="sam2_like.pt is not a neurosam model checkpoint"):
         load_model(tmp_path / "sam2_like.pt")
+
+
+class RandomFeatures(torch.nn.Module):
+    """Stands in for the slice encoder: other guide features than the model's own."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, raw):
+        return [torch.randn_like(level) for level in self.backbone(raw)]
+
+
+def gains(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [attention.gain for attention in model.attention] + [model.decoder.coarse_gain]
+
+
+def test_a_fresh_fgnet_is_its_fge_and_the_guide_counts_once_its_gain_is_not_zero():
+    torch.manual_seed(0)
+    model = build_model(small_config("fgnet")).eval()
+    raw = torch.rand(1, 1, 4, 32, 32)
+    guided = model(raw)["refined"]
+    model.backbone = RandomFeatures(model.backbone)
+    assert torch.equal(model(raw)["refined"], guided)
+    with torch.no_grad():
+        for gain in gains(model):
+            gain.fill_(0.5)
+    assert not torch.allclose(model(raw)["refined"], model(raw)["refined"])
+
+
+def test_the_gain_learns_from_the_first_step():
+    model = build_model(small_config("fgnet"))
+    sum(logits.mean() for logits in model(torch.rand(1, 1, 4, 32, 32)).values()).backward()
+    assert all(gain.grad is not None and gain.grad.abs() > 0 for gain in gains(model))
+
+
+def test_fgnet_checkpoints_from_before_the_gain_load_with_the_guide_at_full_strength(tmp_path):
+    config = small_config("fgnet")
+    model = build_model(config)
+    save_checkpoint(tmp_path / "model.pt", model, config)
+    checkpoint = torch.load(tmp_path / "model.pt", weights_only=True)
+    checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if "gain" not in name}
+    torch.save(checkpoint, tmp_path / "older.pt")
+    loaded, _, _ = load_model(tmp_path / "older.pt")
+    assert all(gain.item() == 1.0 for gain in gains(loaded))
+
+
+def test_the_shipped_model_still_loads():
+    from pathlib import Path
+
+    model, config, extra = load_model(Path(__file__).resolve().parents[1] / "neurosam" / "models" / "medulla_unet.pt")
+    assert config.architecture == "unet" and extra["voxel_size"] == [10, 10, 10]

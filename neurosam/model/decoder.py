@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from neurosam.model.blocks import ConvBlock, ConvNormAct
 from neurosam.model.config import EncoderShape
-from neurosam.model.fga import resample
+from neurosam.model.fga import gain_of_older_checkpoints, resample
 
 
 class SkipDecoder(nn.Module):
@@ -40,8 +40,9 @@ class SkipDecoder(nn.Module):
 class DualAffinityDecoder(nn.Module):
     """Coarse affinities from the SAM2 guide, refined ones from the fused FGE path.
 
-    The coarse affinities (upsampled to full resolution) also enter the refined head, so the
-    refined path only has to correct where the SAM2 path is wrong; both heads are supervised.
+    The coarse affinities (upsampled to full resolution) also enter the refined head, scaled by
+    a gain that starts at 0 like the attention's, so a fresh refined head is the FGE's alone and
+    learns how far to follow the SAM2 path; both heads are supervised.
     """
 
     def __init__(self, shape: EncoderShape, guide_channels: int, num_channels: int):
@@ -52,9 +53,14 @@ class DualAffinityDecoder(nn.Module):
             ConvNormAct(shape.base_channels + num_channels, shape.base_channels, shape.kernel_sizes[0]),
             nn.Conv3d(shape.base_channels, num_channels, 1),
         )
+        self.coarse_gain = nn.Parameter(torch.zeros(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        gain_of_older_checkpoints(self, state_dict, prefix, "coarse_gain")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, guide: torch.Tensor, skips: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         refined_features = self.refine(skips)
         coarse = resample(self.coarse_head(guide), refined_features.shape[2:])
-        refined = self.refined_head(torch.cat([refined_features, torch.sigmoid(coarse)], dim=1))
+        refined = self.refined_head(torch.cat([refined_features, self.coarse_gain * torch.sigmoid(coarse)], dim=1))
         return {"refined": refined, "coarse": coarse}

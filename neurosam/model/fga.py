@@ -38,11 +38,18 @@ class Sam2Guide(nn.Module):
         return self.mix(merged)
 
 
+def gain_of_older_checkpoints(module: nn.Module, state_dict: dict, prefix: str, name: str) -> None:
+    """Checkpoints written before the gain existed added the guide at full strength: gain 1."""
+    if prefix + name not in state_dict:
+        state_dict[prefix + name] = torch.ones_like(getattr(module, name))
+
+
 class FeatureGuidedAttention(nn.Module):
     """Channel and spatial gates from the guide, applied to one FGE level.
 
     The output keeps the FGE features (the gate only amplifies them) and adds the projected
-    guide, so the refined path carries both; with gates near zero it starts as a plain fusion.
+    guide, both scaled by a learned gain that starts at 0: a fresh FGNet is its FGE, and random
+    or poor guide features cannot disturb the refined path before training finds them useful.
     """
 
     def __init__(self, guide_channels: int, channels: int, kernel_size: Sequence[int]):
@@ -60,8 +67,13 @@ class FeatureGuidedAttention(nn.Module):
             nn.Conv3d(2 * channels, 1, tuple(kernel_size), padding=tuple(k // 2 for k in kernel_size)),
             nn.Sigmoid(),
         )
+        self.gain = nn.Parameter(torch.zeros(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        gain_of_older_checkpoints(self, state_dict, prefix, "gain")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
         guide = self.project(resample(guide, features.shape[2:]))
         attention = self.channel_gate(guide) * self.spatial_gate(torch.cat([features, guide], dim=1))
-        return features * (1 + attention) + guide
+        return features + self.gain * (features * attention + guide)
