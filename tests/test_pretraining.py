@@ -152,3 +152,19 @@ def test_hiera_pretrains_slice_by_slice_and_loads_into_fgnet(tmp_path):
     pretrained = torch.load(result["checkpoint"], weights_only=True)["state_dict"]
     for key, value in list(fgnet.backbone.encoder.state_dict().items())[:20]:
         torch.testing.assert_close(value, pretrained[f"backbone.encoder.{key}"])
+
+
+def test_masked_image_modelling_trains_every_hiera_block():
+    """The reconstruction reaches every block of Hiera and every convolution of the neck, not
+    only the stride-4 level's first block."""
+    from neurosam.model.pretraining import SliceReconstructor
+
+    model = SliceReconstructor(ModelConfig(sam2={"image_size": 64, "slice_batch": 4}))
+    raw = torch.rand(1, 1, 2, 64, 64)
+    mask = torch.rand(raw.shape) < 0.5
+    masked_reconstruction_loss(model(raw * ~mask), raw, mask).backward()
+    encoder = model.backbone.encoder
+    for index, block in enumerate(encoder.trunk.blocks):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters()), f"Hiera block {index}"
+    for index, conv in enumerate(encoder.neck.convs):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters()), f"neck conv {index}"

@@ -5,8 +5,10 @@ network reconstructs them; the loss counts the masked voxels only. Two targets:
 
 - ``fge``: the fine-grained 3D encoder with the U-Net expanding path (the decoder trunk of every
   architecture) and a 1x1 head, over 3D patches;
-- ``hiera``: SAM2's image encoder, slice by slice, with a head on its finest FPN level (stride 4,
-  pixel-shuffled back to the slice); slice patches (1, p, p) suit it. With
+- ``hiera``: SAM2's image encoder, slice by slice, with a head on the sum of its FPN levels
+  (each upsampled to the finest, stride 4, then pixel-shuffled back to the slice); slice patches
+  (1, p, p) suit it. Every level must take part: the stride-4 level alone has no top-down path
+  in SAM2's neck and would train only Hiera's first block. With
   ``model.sam2.checkpoint`` set, pretraining continues from the official weights.
 
 A run lives in ``output_dir``: ``last.pt`` (resumed exactly when the same config runs again), a
@@ -91,7 +93,8 @@ class VolumeReconstructor(nn.Module):
 
 
 class SliceReconstructor(nn.Module):
-    """SAM2's image encoder, trained whole, and a head on its finest FPN level."""
+    """SAM2's image encoder, trained whole, and a head on the sum of its FPN levels, so that the
+    deep blocks, which reach only the coarse levels, learn from the reconstruction too."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -101,7 +104,8 @@ class SliceReconstructor(nn.Module):
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         batch, _, depth, height, width = raw.shape
         slices = raw.permute(0, 2, 1, 3, 4).reshape(batch * depth, 1, height, width)
-        finest = self.backbone.encode_slices(slices)[0]
+        levels = self.backbone.encode_slices(slices)
+        finest = sum(F.interpolate(level, size=levels[0].shape[2:], mode="bilinear", align_corners=False) for level in levels)
         reconstruction = F.interpolate(F.pixel_shuffle(self.head(finest), HIERA_HEAD_STRIDE), size=(height, width), mode="bilinear", align_corners=False)
         return reconstruction.reshape(batch, depth, 1, height, width).permute(0, 2, 1, 3, 4)
 
