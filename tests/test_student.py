@@ -95,3 +95,15 @@ def test_a_student_fgnet_checkpoint_predicts_as_the_pipeline_loads_it(tmp_path):
     assert loaded.backbone == "student" and isinstance(model.backbone, StudentBackbone)
     affinities = predict_volume(model.eval(), np.random.default_rng(0).random((8, 48, 48)).astype(np.float32), (4, 32, 32), (0, 4, 4), torch.device("cpu"))
     assert affinities.shape == (len(NEAREST_OFFSETS), 8, 48, 48)
+
+
+@pytest.mark.parametrize("trainable", ["frozen", "all"])
+def test_a_frozen_student_keeps_what_distillation_taught(trainable):
+    model = build_model(ModelConfig.model_validate({**STUDENT_FGNET, "sam2": {**STUDENT_FGNET["sam2"], "trainable": trainable}})).train()
+    before = {name: value.clone() for name, value in model.backbone.encoder.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    sum(logits.mean() for logits in model(torch.rand(1, 1, 4, 32, 32)).values()).backward()
+    optimizer.step()
+    changed = [name for name, value in model.backbone.encoder.state_dict().items() if not torch.equal(before[name], value)]
+    assert (changed == []) == (trainable == "frozen")
+    assert model.backbone.encoder.training == (trainable == "all")

@@ -25,6 +25,7 @@ from neurosam.training.training import (
     TRAINING_LOG,
     VALIDATION_LOG,
     load_train_config,
+    parameter_groups,
     segment_and_score,
     train_from_config,
     train_step,
@@ -395,3 +396,27 @@ def test_config_paths_are_relative_to_the_file_and_errors_name_the_key(tmp_path)
         path.write_text(yaml.safe_dump({**config, **change}))
         with pytest.raises(ConfigError, match=message):
             load_train_config(path)
+
+
+def test_a_fine_tuned_slice_encoder_learns_at_a_fraction_of_the_rate(tmp_path):
+    write_volume(tmp_path / "volume.h5")
+    student = {
+        "architecture": "fgnet", "backbone": "student", "offsets": NEAREST_OFFSETS,
+        "sam2": {"image_size": 32, "slice_batch": 4, "trainable": "all"}, "student": {"widths": [4, 4, 8, 8]},
+        "fge": {"base_channels": 4, "downsample": [[1, 2, 2], [2, 2, 2]]}, "guide_channels": 4,
+    }
+    path = write_config(tmp_path, iterations=1, model=student)
+    config = load_train_config(path)
+    model = build_model(config.model)
+    groups, scales = parameter_groups(model, config)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    assert scales == [1.0, config.backbone_lr_scale] and config.backbone_lr_scale < 1.0
+    assert {id(p) for p in groups[1]["params"]} == backbone
+    assert not backbone & {id(p) for p in groups[0]["params"]}
+
+    train_from_config(path)
+    saved = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["extra"]["optimizer"]["param_groups"]
+    assert saved[1]["lr"] == pytest.approx(config.backbone_lr_scale * saved[0]["lr"])
+
+    frozen = build_model(ModelConfig.model_validate({**student, "sam2": {**student["sam2"], "trainable": "frozen"}}))
+    assert parameter_groups(frozen, config)[1] == [1.0]

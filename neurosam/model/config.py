@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from neurosam.affinities import LONG_RANGE_OFFSETS, NEAREST_OFFSETS
 
@@ -127,6 +127,12 @@ class ModelConfig(BaseModel):
         if any(len(offset) != 3 or not any(offset) for offset in offsets):
             raise ValueError(f"affinity offsets must be non-zero (z, y, x) triples, got {offsets}")
         return offsets
+
+    @model_validator(mode="after")
+    def _student_trains_whole_or_not(self) -> "ModelConfig":
+        if self.backbone == "student" and self.sam2.trainable == "last_stages":
+            raise ValueError("sam2.trainable: last_stages applies to SAM2's Hiera; the student is frozen or trains whole (all)")
+        return self
 
     @property
     def num_channels(self) -> int:

@@ -106,14 +106,23 @@ class SliceBackbone(nn.Module):
     Input (B, 1, Z, Y, X) in [0, 1]; output one (B, 256, Z, S/s, S/s) tensor per level,
     finest first, with S the configured image_size and s the level's stride (4, 8, 16).
     Slices are resized to S x S whatever their aspect; consumers resample the features back
-    to the patch's own grid. Subclasses give ``encode_slices`` and ``frozen``.
+    to the patch's own grid. Subclasses give ``encode_slices`` and ``encoder``; ``trainable:
+    frozen`` keeps the encoder fixed (and in eval mode), whatever the rest of the network does.
     """
 
     config: Sam2Config
+    encoder: nn.Module
 
     @property
     def frozen(self) -> bool:
-        return False
+        return self.config.trainable == "frozen"
+
+    def train(self, mode: bool = True) -> "SliceBackbone":
+        """A frozen encoder stays in eval mode: training the rest of the network never alters it."""
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
 
     def encode_slices(self, slices: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -149,10 +158,6 @@ class Sam2Backbone(SliceBackbone):
         self.set_trainable()
         self.train()
 
-    @property
-    def frozen(self) -> bool:
-        return self.config.trainable == "frozen"
-
     def set_trainable(self) -> None:
         """Freeze what the config keeps fixed; last_stages trains Hiera's last stages and the neck."""
         self.encoder.requires_grad_(self.config.trainable == "all")
@@ -162,13 +167,6 @@ class Sam2Backbone(SliceBackbone):
             for block in trunk.blocks[stage_starts[-self.config.trainable_stages] :]:
                 block.requires_grad_(True)
             self.encoder.neck.requires_grad_(True)
-
-    def train(self, mode: bool = True) -> Sam2Backbone:
-        """A frozen encoder stays in eval mode: training the rest of the network never alters it."""
-        super().train(mode)
-        if self.frozen:
-            self.encoder.eval()
-        return self
 
     def encode_slices(self, slices: torch.Tensor) -> list[torch.Tensor]:
         """(N, 1, Y, X) grey slices to SAM2's FPN levels, each (N, 256, h, w)."""

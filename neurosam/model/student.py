@@ -57,12 +57,15 @@ class StudentEncoder(nn.Module):
 
 
 class StudentBackbone(SliceBackbone):
-    """The student slice by slice, at the image size and slice batch of ``model.sam2``."""
+    """The student slice by slice, at the image size, slice batch and ``trainable`` of
+    ``model.sam2``: frozen, FGNet measures what distillation taught; ``all`` fine-tunes it."""
 
     def __init__(self, config: StudentConfig, slices: Sam2Config):
         super().__init__()
         self.config = slices
         self.encoder = StudentEncoder(config)
+        self.encoder.requires_grad_(not self.frozen)
+        self.train()
 
     def encode_slices(self, slices: torch.Tensor) -> list[torch.Tensor]:
         return self.encoder(self.resized(slices))

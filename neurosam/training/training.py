@@ -76,6 +76,10 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(1, ge=1)
     iterations: int = Field(ge=1)
     lr: float = Field(1e-4, gt=0.0)
+    backbone_lr_scale: float = Field(0.1, gt=0.0, le=1.0)
+    """The slice encoder (SAM2's Hiera or the student), where it trains, learns at this fraction
+    of ``lr``: its features come from pretraining or distillation, and the rate that suits the
+    freshly initialised rest would wash them out."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """cosine: linear warm-up over ``warmup_iterations``, then a cosine decay to
     ``min_lr_fraction`` of ``lr`` at the last iteration."""
@@ -99,6 +103,17 @@ class TrainConfig(BaseModel):
         if missing:
             raise ValueError(f"model.offsets lacks {missing}: validation segments with the nearest-neighbour affinities")
         return self
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> tuple[list[dict], list[float]]:
+    """The optimizer's parameter groups, and each group's fraction of the scheduled rate: the
+    rest of the network at 1, a training slice encoder at ``backbone_lr_scale``."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    backbone = [p for name, p in trainable if name.startswith("backbone.")]
+    rest = [p for name, p in trainable if not name.startswith("backbone.")]
+    if not backbone:
+        return [{"params": rest}], [1.0]
+    return [{"params": rest}, {"params": backbone}], [1.0, config.backbone_lr_scale]
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -256,9 +271,8 @@ def train(config: TrainConfig) -> dict:
     tile_shape = config.validation.tile_shape or config.patch_shape
     check_shape(tile_shape, model.input_multiple, "validation.tile_shape")
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
+    groups, lr_scales = parameter_groups(model, config)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     start_step, best = 0, None
     if state is not None:
@@ -300,8 +314,8 @@ def train(config: TrainConfig) -> dict:
     losses = {}
     started = time.monotonic()
     for step, batch in zip(range(start_step + 1, config.iterations + 1), batches):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, step)
+        for group, scale in zip(optimizer.param_groups, lr_scales):
+            group["lr"] = learning_rate(config, step) * scale
         losses = train_step(model, optimizer, scaler, batch, config.loss, device, amp)
         training_log.append({"step": step, **losses, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - started, 3)})
         if step % config.validation.every == 0 or step == config.iterations:
