@@ -51,7 +51,7 @@ def training_seconds(rows: list[dict]) -> float:
 def demo_z_range() -> tuple[int, int]:
     """The sections of the medulla volume that the demo crop holds, from its offset in nm."""
     from neurosam.config import load_config
-    from neurosam.volumes import open_array
+    from neurosam.io.volumes import open_array
 
     raw = open_array(load_config(DEMO).datasets.raw)
     start = raw.roi.offset[0] // raw.voxel_size[0]

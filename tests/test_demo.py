@@ -11,7 +11,7 @@ import yaml
 
 from neurosam.cli import main
 from neurosam.config import load_config
-from neurosam.model import load_model
+from neurosam.model.build import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"

@@ -157,7 +157,7 @@ def test_hiera_pretrains_slice_by_slice_and_loads_into_fgnet(tmp_path):
 def test_masked_image_modelling_trains_every_hiera_block():
     """The reconstruction reaches every block of Hiera and every convolution of the neck, not
     only the stride-4 level's first block."""
-    from neurosam.model.pretraining import SliceReconstructor
+    from neurosam.training.pretraining import SliceReconstructor
 
     model = SliceReconstructor(ModelConfig(sam2={"image_size": 64, "slice_batch": 4}))
     raw = torch.rand(1, 1, 2, 64, 64)
