@@ -281,3 +281,17 @@ def test_the_shipped_model_still_loads():
 
     model, config, extra = load_model(Path(__file__).resolve().parents[1] / "neurosam" / "models" / "medulla_unet.pt")
     assert config.architecture == "unet" and extra["voxel_size"] == [10, 10, 10]
+
+
+def test_slices_at_a_fixed_physical_scale_grow_with_the_tile():
+    from neurosam.model.student import StudentBackbone
+    from neurosam.model.config import StudentConfig
+
+    backbone = StudentBackbone(StudentConfig(), Sam2Config(pixels_per_voxel=4 / 3))
+    assert backbone.image_shape(48, 48) == (64, 64) and backbone.image_shape(96, 144) == (128, 192)
+    levels = backbone.eval()(torch.rand(1, 1, 2, 96, 144))
+    assert [tuple(level.shape[-2:]) for level in levels] == [(32, 48), (16, 24), (8, 12)]
+    with pytest.raises(ValueError, match="whole multiples of 32 px"):
+        backbone.image_shape(40, 48)
+    fixed_size = StudentBackbone(StudentConfig(), Sam2Config(image_size=64))
+    assert fixed_size.pixels_per_voxel(48, 48) == [4 / 3, 4 / 3] and fixed_size.pixels_per_voxel(96, 96) == [2 / 3, 2 / 3]

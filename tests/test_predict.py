@@ -264,3 +264,38 @@ def test_each_local_worker_gets_its_own_gpu(raw_volume, checkpoint, tmp_path, mo
     devices = [choose_device(WorkerSetup(plan, task, None, index)) for index in range(4)]
     assert [device.index for device in devices] == expected and {d.type for d in devices} == {"cuda"}
     assert cpu_threads(WorkerSetup(plan, task, None, 0)) == TILE["threads_per_worker"]
+
+
+def student_fgnet_checkpoint(path: Path, **sam2) -> Path:
+    """A SAM2-guided model (with the student as its slice encoder) as training leaves it: it
+    records the scale, px per voxel, at which its encoder saw 16 x 16 voxel training patches."""
+    from neurosam.training.training import check_slice_scale
+
+    config = ModelConfig(
+        architecture="fgnet", backbone="student", offsets=OFFSETS, sam2={"slice_batch": 8, **sam2},
+        student={"widths": [4, 4, 8, 8]}, fge={"base_channels": 4, "downsample": [[1, 2, 2], [2, 2, 2]]}, guide_channels=4,
+    )
+    model = build_model(config)
+    scale = check_slice_scale(model, (8, 48, 48), (8, 48, 48))
+    save_checkpoint(path, model, config, extra={"voxel_size": list(VOXEL_SIZE), "slice_scale": scale})
+    return path
+
+
+def test_predict_refuses_tiles_whose_slices_the_encoder_would_see_at_another_scale(raw_volume, tmp_path, capsys):
+    fixed_size = student_fgnet_checkpoint(tmp_path / "fixed_size.pt", image_size=64)
+    config_path = predict_config(tmp_path / "run", raw_volume[0], fixed_size)
+    assert main(["run", str(config_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "predict.tile_shape (8, 24, 24) shows the slice encoder [2.6667, 2.6667] px per voxel" in error
+    assert "trained at [1.3333, 1.3333]" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "run" / "out.zarr").exists()
+
+
+def test_a_model_at_a_fixed_physical_scale_sees_any_tile_at_its_training_scale(raw_volume, tmp_path, capsys):
+    from neurosam.pipeline.plan import plan_run
+
+    fixed_scale = student_fgnet_checkpoint(tmp_path / "fixed_scale.pt", pixels_per_voxel=4 / 3)
+    plan_run(load_config(predict_config(tmp_path / "run", raw_volume[0], fixed_scale)), check_database=False)
+    config_path = predict_config(tmp_path / "odd", raw_volume[0], fixed_scale, tile_shape=[8, 28, 28], block_size=[40, 200, 200])
+    assert main(["run", str(config_path)]) == 2
+    assert "slices of 28 x 28 voxels at 1.33333 px per voxel are 37.3333 x 37.3333 px" in capsys.readouterr().err

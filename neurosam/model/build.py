@@ -27,8 +27,9 @@ CHECKPOINT_FORMAT = "neurosam-model/1"
 
 __all__ = ["ModelConfig", "ModelCheckpointError", "build_model", "save_checkpoint", "load_model", "export_model"]
 
-EXPORTED_KEYS = ("voxel_size", "step", "best")
+EXPORTED_KEYS = ("voxel_size", "step", "best", "slice_scale")
 """What a shipped checkpoint keeps of its training state: no optimizer, so it stays small."""
+PROTOCOL_KEYS = ("train_z", "validation_z", "report_z")
 
 
 class ModelCheckpointError(ValueError):
@@ -84,10 +85,15 @@ def load_model(path: str | Path, map_location: Any = "cpu") -> tuple[nn.Module, 
 
 def export_model(source: str | Path, destination: str | Path) -> dict:
     """A checkpoint to ship or predict with: the weights and config of ``source``, the voxel size
-    it was trained for and its scores, without the optimizer state. A checkpoint written before
-    training recorded its voxel size gets the one of its training data."""
+    it was trained for, the scale its slice encoder saw, its scores and the protocol's z ranges
+    (which sections trained, chose its checkpoint and threshold, and report), without the
+    optimizer state. A checkpoint written before training recorded its voxel size gets the one
+    of its training data."""
     model, config, state = load_model(source)
     kept = {key: state[key] for key in EXPORTED_KEYS if key in state}
+    if "train_config" in state:
+        data = state["train_config"]["data"]
+        kept["protocol"] = {key: data.get(key) for key in PROTOCOL_KEYS}
     if "voxel_size" not in kept and "train_config" in state:
         with open_dataset(state["train_config"]["data"]["raw"]) as (_, voxel_size, _):
             kept["voxel_size"] = [int(v) for v in voxel_size]

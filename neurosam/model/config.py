@@ -32,7 +32,14 @@ class Sam2Config(BaseModel):
     trainable_stages: int = Field(1, ge=1, le=4)
     """How many of Hiera's four stages train (with the FPN neck) when trainable is last_stages."""
     image_size: int = 128
-    """Side every z-slice is resized to before the encoder (SAM2 itself uses 1024)."""
+    """Side every z-slice is resized to before the encoder (SAM2 itself uses 1024), unless
+    ``pixels_per_voxel`` is set."""
+    pixels_per_voxel: float | None = Field(None, gt=0.0)
+    """Slices resized by this factor instead: the encoder sees one physical scale, whatever the
+    tile size, so prediction in larger tiles than training's patches shows it what training
+    did. A tile's in-plane sides times this factor must be whole multiples of 32 px. None
+    resizes to ``image_size``: the scale then depends on the tile, and predict refuses tiles
+    of another in-plane size than the one training recorded."""
     slice_batch: int = Field(8, ge=1)
     """Slices per encoder call: bounds the encoder's activation memory."""
 

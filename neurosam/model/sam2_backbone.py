@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from neurosam.model.checkpoint import read_checkpoint
-from neurosam.model.config import Sam2Config
+from neurosam.model.config import SAM2_TOTAL_STRIDE, Sam2Config
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ VARIANT_SIGNATURES = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base_plus
 """(trunk embedding width, number of Hiera blocks) of each released variant."""
 FEATURE_CHANNELS = 256
 """Width of every FPN level (the neck's d_model in all released configs)."""
+SLICE_MULTIPLE = SAM2_TOTAL_STRIDE
+"""Hiera's windows tile its stride-4 grid in units of 8: slices are whole multiples of 32 px."""
 FEATURE_STRIDES = (4, 8, 16)
 """Strides of the FPN levels SAM2 keeps (scalp 1 drops the stride-32 level)."""
 
@@ -103,10 +105,9 @@ def load_encoder_weights(encoder: nn.Module, path: Path, variant: str) -> None:
 class SliceBackbone(nn.Module):
     """Runs each z-slice through a 2D image encoder and stacks its feature levels along z.
 
-    Input (B, 1, Z, Y, X) in [0, 1]; output one (B, 256, Z, S/s, S/s) tensor per level,
-    finest first, with S the configured image_size and s the level's stride (4, 8, 16).
-    Slices are resized to S x S whatever their aspect; consumers resample the features back
-    to the patch's own grid. Subclasses give ``encode_slices`` and ``encoder``; ``trainable:
+    Input (B, 1, Z, Y, X) in [0, 1]; output one (B, 256, Z, H/s, W/s) tensor per level,
+    finest first, with H x W the slice's size in the encoder (``image_shape``) and s the
+    level's stride (4, 8, 16); consumers resample the features back to the patch's own grid. Subclasses give ``encode_slices`` and ``encoder``; ``trainable:
     frozen`` keeps the encoder fixed (and in eval mode), whatever the rest of the network does.
     """
 
@@ -127,9 +128,27 @@ class SliceBackbone(nn.Module):
     def encode_slices(self, slices: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def image_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The size a slice of ``height`` x ``width`` voxels is resized to for the encoder."""
+        factor = self.config.pixels_per_voxel
+        if factor is None:
+            return self.config.image_size, self.config.image_size
+        sides = (height * factor, width * factor)
+        if any(abs(side - round(side)) > 1e-3 or round(side) % SLICE_MULTIPLE for side in sides):
+            raise ValueError(
+                f"slices of {height} x {width} voxels at {factor:g} px per voxel are {sides[0]:g} x {sides[1]:g} px; "
+                f"the encoder needs whole multiples of {SLICE_MULTIPLE} px"
+            )
+        return round(sides[0]), round(sides[1])
+
+    def pixels_per_voxel(self, height: int, width: int) -> list[float]:
+        """The scale (y, x) at which the encoder sees slices of ``height`` x ``width`` voxels."""
+        shape = self.image_shape(height, width)
+        return [shape[0] / height, shape[1] / width]
+
     def resized(self, slices: torch.Tensor) -> torch.Tensor:
-        size = self.config.image_size
-        return F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        size = self.image_shape(*slices.shape[-2:])
+        return F.interpolate(slices, size=size, mode="bilinear", align_corners=False, antialias=True)
 
     def forward(self, raw: torch.Tensor) -> list[torch.Tensor]:
         batch, _, depth, height, width = raw.shape

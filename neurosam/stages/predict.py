@@ -58,7 +58,27 @@ def predicted_affinities(config: RunConfig) -> tuple[Coordinate, Roi, list[list[
         raise InputError(
             f"predict.tile_shape {predict.tile_shape} is not a multiple of the model's input multiple {model.input_multiple}"
         )
+    check_slice_scale(predict, model, extra)
     return raw.voxel_size, raw.roi, model_config.offsets
+
+
+def check_slice_scale(predict, model, extra: dict) -> None:
+    """A SAM2-guided model sees tiles' slices at the scale it was trained at, or not at all: its
+    features at another scale are not the ones it learned to use."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return
+    try:
+        scale = backbone.pixels_per_voxel(*predict.tile_shape[1:])
+    except ValueError as error:
+        raise InputError(f"predict.tile_shape {tuple(predict.tile_shape)}: {error}") from None
+    trained = extra.get("slice_scale")
+    if trained is not None and not np.allclose(scale, trained):
+        raise InputError(
+            f"predict.tile_shape {tuple(predict.tile_shape)} shows the slice encoder {[round(s, 4) for s in scale]} px per voxel, "
+            f"but {predict.checkpoint} was trained at {[round(s, 4) for s in trained]}: use tiles of the training patch's "
+            f"in-plane size, or a model trained with model.sam2.pixels_per_voxel"
+        )
 
 
 def tile_core(plan: RunPlan) -> Coordinate:

@@ -141,6 +141,25 @@ def check_shape(shape, multiple, what: str) -> None:
         raise ConfigError(f"{what} {tuple(shape)} must be divisible by the model's input multiple {tuple(multiple)}")
 
 
+def check_slice_scale(model: torch.nn.Module, patch_shape, tile_shape) -> list[float] | None:
+    """The scale (px per voxel, y and x) at which the slice encoder sees training patches, which
+    the checkpoint records so that predict can enforce it; validation tiles must show it too.
+    None for networks without a slice encoder."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        return None
+    try:
+        scale, validation_scale = (backbone.pixels_per_voxel(*shape[1:]) for shape in (patch_shape, tile_shape))
+    except ValueError as error:
+        raise ConfigError(f"model.sam2.pixels_per_voxel: {error}") from None
+    if validation_scale != scale:
+        raise ConfigError(
+            f"validation.tile_shape {tuple(tile_shape)} shows the slice encoder {validation_scale} px per voxel, "
+            f"patch_shape {tuple(patch_shape)} {scale}: set model.sam2.pixels_per_voxel, or tiles of the patch's in-plane size"
+        )
+    return scale
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -270,6 +289,7 @@ def train(config: TrainConfig) -> dict:
     check_shape(config.patch_shape, model.input_multiple, "patch_shape")
     tile_shape = config.validation.tile_shape or config.patch_shape
     check_shape(tile_shape, model.input_multiple, "validation.tile_shape")
+    slice_scale = check_slice_scale(model, config.patch_shape, tile_shape)
 
     groups, lr_scales = parameter_groups(model, config)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
@@ -308,6 +328,7 @@ def train(config: TrainConfig) -> dict:
             "best": best,
             "voxel_size": voxel_size,
             "train_config": config.model_dump(mode="json"),
+            **({} if slice_scale is None else {"slice_scale": slice_scale}),
         }
 
     model.train()
