@@ -107,3 +107,30 @@ def test_a_frozen_student_keeps_what_distillation_taught(trainable):
     changed = [name for name, value in model.backbone.encoder.state_dict().items() if not torch.equal(before[name], value)]
     assert (changed == []) == (trainable == "frozen")
     assert model.backbone.encoder.training == (trainable == "all")
+
+
+def test_the_generic_stage_uses_scikit_images_natural_images_and_the_mutual_ema(tmp_path):
+    from neurosam.training.distillation import SKIMAGE_IMAGES, read_images
+
+    images = read_images("skimage")
+    assert len(images) == len(SKIMAGE_IMAGES) >= 15
+    assert all(image.ndim == 2 and image.dtype == np.float32 and 0.0 <= image.min() < image.max() <= 1.0 for image in images)
+
+    write_volume(tmp_path / "volume.h5")
+    config = {
+        "teacher": {"image_size": 32}, "student": {"widths": [4, 4, 8, 8]}, "generic_images": "skimage",
+        "volumes": [{"raw": "volume.h5/raw"}], "generic_iterations": 1, "em_iterations": 2, "batch_size": 2,
+        "output_dir": "distilled", "ema_momentum": 0.5,
+    }
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_distill_config(path)
+    assert loaded.generic_images == "skimage"
+    distill(loaded)
+    rows = [line.split(",") for line in (tmp_path / "distilled" / "distill_log.csv").read_text().splitlines()[1:]]
+    assert [row[1] for row in rows] == ["generic", "em", "em"]
+    assert all(row[2] for row in rows) and all(row[3] for row in rows[1:]), "both students learn in the EM stage"
+    saved = torch.load(tmp_path / "distilled" / "student.pt", weights_only=True)
+    em = {key.removeprefix("backbone.encoder."): value for key, value in saved["state_dict"].items()}
+    general = saved["general"]
+    assert any(not torch.equal(em[key], general[key]) for key in general), "two students, pulled together, not one"

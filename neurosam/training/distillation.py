@@ -3,7 +3,8 @@
 The student learns to give the teacher's FPN levels from the same slices (a mean squared error
 per level, scaled by the teacher level's variance, so each level counts alike). Two stages:
 
-1. generic: the general student on any folder of images (grey, random crops);
+1. generic: the general student on natural images (``generic_images: skimage``, the photographs
+   that ship with scikit-image) or any folder of images, grey, in random crops at random scales;
 2. em: an EM-specific encoder, starting from the general student, on EM slices, while the
    general student goes on with the generic images; after every step the two are pulled
    towards each other by a mutual EMA (each becomes ``m * itself + (1 - m) * the other``), so
@@ -18,19 +19,26 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
-from neurosam.config import ConfigError, load_file_config
+from neurosam.config import ConfigError, load_file_config, load_yaml
 from neurosam.model.config import Sam2Config, StudentConfig
 from neurosam.model.sam2_backbone import Sam2Backbone
 from neurosam.model.student import StudentEncoder
 from neurosam.training.pretraining import PRETRAINED_FORMAT, PretrainVolume, load_part, load_volumes, read_pretrained
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+SKIMAGE = "skimage"
+SKIMAGE_IMAGES = (
+    "astronaut", "brick", "camera", "cat", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+    "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text",
+)
+"""The natural images (photographs, micrographs, textures) that scikit-image ships, no download."""
 
 
 class DistillConfig(BaseModel):
@@ -41,8 +49,9 @@ class DistillConfig(BaseModel):
     teacher_pretrained: Path | None = None
     """A ``neurosam pretrain`` checkpoint of target hiera: the teacher's weights come from it."""
     student: StudentConfig = Field(default_factory=StudentConfig)
-    generic_images: Path | None = None
-    """A folder of images (png, jpg, tif) for stage 1; None starts at the EM stage."""
+    generic_images: Literal["skimage"] | Path | None = None
+    """Stage 1's images: ``skimage`` (scikit-image's natural images), a folder of images (png,
+    jpg, tif), or None, which starts at the EM stage without the mutual EMA."""
     volumes: list[PretrainVolume] = Field(min_length=1)
     """EM volumes for stage 2 (slices of them)."""
     generic_iterations: int = Field(0, ge=0)
@@ -75,26 +84,34 @@ def distillation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) 
     return sum(((s - t) ** 2).mean() / t.var().clamp(min=1e-6) for s, t in zip(student, teacher)) / len(teacher)
 
 
-def read_images(folder: Path) -> list[np.ndarray]:
+def grey(image: np.ndarray) -> np.ndarray:
+    """An image as float32 grey values in [0, 1]."""
+    image = np.asarray(image, dtype=np.float32)
+    image = image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+    return image / 255.0 if image.max() > 1.0 else image
+
+
+def read_images(source: Path | str) -> list[np.ndarray]:
+    if source == SKIMAGE:
+        import skimage.data
+
+        return [grey(getattr(skimage.data, name)()) for name in SKIMAGE_IMAGES]
     import matplotlib.image
 
+    folder = Path(source)
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ConfigError(f"generic_images {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it")
-    images = []
-    for path in paths:
-        image = np.asarray(matplotlib.image.imread(path), dtype=np.float32)
-        image = image[..., :3].mean(axis=-1) if image.ndim == 3 else image
-        images.append(image / 255.0 if image.max() > 1.0 else image)
-    return images
+    return [grey(matplotlib.image.imread(path)) for path in paths]
 
 
 def generic_batch(images: list[np.ndarray], size: int, count: int, rng: np.random.Generator) -> torch.Tensor:
-    """Random square crops (at most the image's smaller side) resized by the encoders later."""
+    """Random square crops, from half the slice size to the image's smaller side, resized to the
+    slice size: the general student sees each image at scales from 2x up to the whole image."""
     crops = []
     for _ in range(count):
         image = images[rng.integers(len(images))]
-        side = int(rng.integers(min(size, min(image.shape)), min(image.shape) + 1))
+        side = int(rng.integers(min(size // 2, min(image.shape)), min(image.shape) + 1))
         y, x = (int(rng.integers(0, extent - side + 1)) for extent in image.shape)
         crop = torch.from_numpy(np.ascontiguousarray(image[y : y + side, x : x + side]))[None, None]
         crops.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
@@ -193,7 +210,10 @@ def _save(path: Path, config: DistillConfig, general: nn.Module, em: nn.Module, 
 
 
 def load_distill_config(path: str | Path) -> DistillConfig:
-    return load_file_config(path, DistillConfig, ["output_dir", "generic_images", "teacher_pretrained", "volumes.*.raw", "teacher.checkpoint"])
+    relative = ["output_dir", "teacher_pretrained", "volumes.*.raw", "teacher.checkpoint"]
+    if load_yaml(path).get("generic_images") != SKIMAGE:
+        relative.append("generic_images")
+    return load_file_config(path, DistillConfig, relative)
 
 
 def distill_from_config(config_path: str | Path) -> dict:
