@@ -134,3 +134,29 @@ def test_the_generic_stage_uses_scikit_images_natural_images_and_the_mutual_ema(
     em = {key.removeprefix("backbone.encoder."): value for key, value in saved["state_dict"].items()}
     general = saved["general"]
     assert any(not torch.equal(em[key], general[key]) for key in general), "two students, pulled together, not one"
+
+    auto_prompted = build_model(ModelConfig.model_validate({**STUDENT_FGNET, "auto_prompt": True, "student": config["student"]}))
+    assert load_pretrained(auto_prompted, tmp_path / "distilled" / "student.pt") == "student"
+    for key, value in auto_prompted.auto_prompt.backbone.encoder.state_dict().items():
+        torch.testing.assert_close(value, general[key])
+    for key, value in auto_prompted.backbone.encoder.state_dict().items():
+        torch.testing.assert_close(value, em[key])
+
+
+def test_auto_prompting_the_general_students_prediction_prompts_the_em_model():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.model_validate({**STUDENT_FGNET, "auto_prompt": True})).eval()
+    with torch.no_grad():
+        for attention in model.attention:
+            attention.gain.fill_(1.0)
+    raw = torch.rand(1, 1, 4, 32, 32)
+    outputs = model(raw)
+    assert set(outputs) == {"refined", "coarse", "prompt"}
+    assert outputs["prompt"].shape == outputs["refined"].shape == (1, len(NEAREST_OFFSETS), 4, 32, 32)
+    with torch.no_grad():
+        model.auto_prompt.head.bias.add_(5.0)
+    prompted = model(raw)
+    assert not torch.allclose(prompted["coarse"], outputs["coarse"]), "the prompt steers the EM model's guide"
+    assert not torch.allclose(prompted["refined"], outputs["refined"])
+    with pytest.raises(ValueError, match="auto_prompt needs backbone: student"):
+        ModelConfig.model_validate({**STUDENT_FGNET, "backbone": "sam2", "auto_prompt": True})

@@ -119,6 +119,10 @@ class ModelConfig(BaseModel):
     """Affinity neighbourhood, one output channel per offset (z, y, x voxels)."""
     backbone: Literal["sam2", "student"] = "sam2"
     """FGNet's slice encoder: SAM2's, or the student distilled from it (at ``sam2``'s image size)."""
+    auto_prompt: bool = False
+    """With ``backbone: student``: the general student (distillation's first, generic-image
+    student) predicts affinities from its own features, and that prediction, encoded, prompts
+    the EM-specific student's guide (auto-prompting, as RRL-MedSAM prompts its EM model)."""
     sam2: Sam2Config = Field(default_factory=Sam2Config)
     student: StudentConfig = Field(default_factory=StudentConfig)
     fge: FgeConfig = Field(default_factory=FgeConfig)
@@ -137,6 +141,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _student_trains_whole_or_not(self) -> "ModelConfig":
+        if self.auto_prompt and self.backbone != "student":
+            raise ValueError("auto_prompt needs backbone: student (the general student's prediction is the prompt)")
         if self.backbone == "student" and self.sam2.trainable == "last_stages":
             raise ValueError("sam2.trainable: last_stages applies to SAM2's Hiera; the student is frozen or trains whole (all)")
         return self

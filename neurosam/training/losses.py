@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-HEADS = ("refined", "coarse")
+HEADS = ("refined", "coarse", "prompt")
 
 
 class LossConfig(BaseModel):
@@ -24,6 +24,9 @@ class LossConfig(BaseModel):
     second_term_weight: float = Field(1.0, ge=0.0)
     refined_weight: float = Field(1.0, ge=0.0)
     coarse_weight: float = Field(0.5, ge=0.0)
+    prompt_weight: float = Field(0.5, ge=0.0)
+    """The general student's prediction (FGNet with ``auto_prompt``): a prompt that is itself
+    an affinity map."""
     min_class_fraction: float = Field(0.05, gt=0.0, lt=0.5)
 
 
@@ -80,7 +83,7 @@ def affinity_loss(
     outputs: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, config: LossConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted sum over the heads the model has, and each head's loss (detached) for the logs."""
-    head_weights = {"refined": config.refined_weight, "coarse": config.coarse_weight}
+    head_weights = {"refined": config.refined_weight, "coarse": config.coarse_weight, "prompt": config.prompt_weight}
     total = torch.zeros((), device=target.device)
     parts = {}
     for head in HEADS:

@@ -259,13 +259,19 @@ def load_part(module: nn.Module, state: dict, prefix: str, path: str | Path) -> 
 def load_pretrained(model: nn.Module, path: str | Path) -> str:
     """Copy a pretraining checkpoint's encoder (and, for the FGE, decoder trunk) into a network
     about to train: the FGE, SAM2's Hiera, or the distilled student. Returns which; shapes must
-    match exactly (a student does not fit where SAM2's encoder is, nor the reverse)."""
+    match exactly (a student does not fit where SAM2's encoder is, nor the reverse). With
+    auto-prompting, distillation's general student becomes the prompting model."""
     state = read_pretrained(path)
     if state["target"] in ("hiera", "student"):
         backbone = getattr(model, "backbone", None)
         if backbone is None:
             raise ConfigError(f"{path} holds a slice encoder ({state['target']}), which this architecture does not have")
         load_part(backbone.encoder, state, "backbone.encoder.", path)
+        auto_prompt = getattr(model, "auto_prompt", None)
+        if auto_prompt is not None:
+            if "general" not in state:
+                raise ConfigError(f"{path} holds no general student, which auto_prompt needs: distil with generic_images")
+            load_part(auto_prompt.backbone.encoder, {"state_dict": state["general"]}, "", path)
     else:
         decoder = model.decoder.refine if hasattr(model.decoder, "refine") else model.decoder
         load_part(model.encoder, state, "encoder.", path)

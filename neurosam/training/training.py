@@ -41,6 +41,7 @@ TRAINING_LOG = "training_log.csv"
 VALIDATION_LOG = "validation_log.csv"
 CURVES_PLOT = "training_curves.png"
 SCORE_KEYS = ("voi_split", "voi_merge", "voi", "adapted_rand_error")
+SLICE_ENCODERS = ("backbone.", "auto_prompt.backbone.")
 
 
 class ValidationConfig(BaseModel):
@@ -107,10 +108,11 @@ class TrainConfig(BaseModel):
 
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> tuple[list[dict], list[float]]:
     """The optimizer's parameter groups, and each group's fraction of the scheduled rate: the
-    rest of the network at 1, a training slice encoder at ``backbone_lr_scale``."""
+    rest of the network at 1, the training slice encoders (SAM2's or the student, and the
+    auto-prompt's general student) at ``backbone_lr_scale``."""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    backbone = [p for name, p in trainable if name.startswith("backbone.")]
-    rest = [p for name, p in trainable if not name.startswith("backbone.")]
+    backbone = [p for name, p in trainable if name.startswith(SLICE_ENCODERS)]
+    rest = [p for name, p in trainable if not name.startswith(SLICE_ENCODERS)]
     if not backbone:
         return [{"params": rest}], [1.0]
     return [{"params": rest}, {"params": backbone}], [1.0, config.backbone_lr_scale]
