@@ -34,7 +34,8 @@ def test_cpu_image_runs_the_demo_and_the_tests_inside():
     assert result.returncode == 0, output[-6000:]
 
     demo = section(output, "4a. demo inside the CPU image", "4b. ")
-    assert re.search(r"^best threshold [0-9.]+: VOI [0-9.]+, adapted Rand error [0-9.]+$", demo, re.M), demo[-3000:]
+    assert re.search(r"^at the chosen threshold [0-9.]+ \(chosen on a validation crop\): VOI [0-9.]+", demo, re.M), demo[-3000:]
+    assert re.search(r"^best threshold [0-9.]+: VOI [0-9.]+, adapted Rand error [0-9.]+ \(picked on this crop itself\)$", demo, re.M)
     assert "/opt/neurosam/runs/demo/evaluation.json" in demo
 
     compiled = section(output, "4b. waterz compiles", "4c. ")
