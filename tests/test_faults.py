@@ -5,6 +5,7 @@ uninterrupted run. The README's "What a run guarantees" lists the cases."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -15,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+import zarr
 
 from neurosam.config import HIST_QUANT_50, load_config
 from neurosam.pipeline.run import RunFailed, run_pipeline
@@ -123,7 +126,6 @@ def test_failed_blocks_give_a_short_error_and_a_repaired_rerun_finishes(gala, fi
     message naming the task, the failed blocks with their ROIs, the error and the logs;
     summary.json has the failures; once the chunk is repaired the same command finishes, equal
     to the uninterrupted run."""
-    import json
 
     written = finished[2]
     path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT, workers={"count": 1, "max_retries": 0})
@@ -144,6 +146,82 @@ def test_failed_blocks_give_a_short_error_and_a_repaired_rerun_finishes(gala, fi
 
     assert neurosam("run", path).returncode == 0
     assert checksum(load_config(path)) == written
+
+
+def finished_copy(gala, tmp_path) -> tuple[Path, object]:
+    """A run of the finished run's config in a work dir of its own, which a test may damage."""
+    path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT)
+    assert neurosam("run", path).returncode == 0
+    return path, load_config(path)
+
+
+def purge_chunks(config) -> None:
+    """What a scratch purge of old files does: the chunks go, the arrays' metadata stays."""
+    for chunk in (Path(config.datasets.fragments) / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
+
+
+LOST_DATA = {
+    # The output container deleted, the RAG kept: every block was "skipped as done" over
+    # arrays recreated empty, and evaluation.json was missing.
+    "output container deleted": (lambda config: shutil.rmtree(config.work_dir / "out.zarr"), "is missing", "fragments"),
+    "output chunks purged": (purge_chunks, "has lost the chunks of done block", "fragments"),
+    "lookup tables deleted": (lambda config: shutil.rmtree(config.work_dir / "lookup"), "is missing", "segment"),
+    "report deleted": (lambda config: (config.work_dir / "evaluation.json").unlink(), "evaluation.json is missing", "evaluate"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOST_DATA))
+def test_done_records_whose_data_is_lost_are_redone(gala, finished, tmp_path, case):
+    """Goal 1 of issue 21: a done record counts only while its output holds what the block
+    wrote. The task that lost its data, and every task after it, are redone; the others skipped;
+    the result equals the uninterrupted run's."""
+    written = finished[2]
+    path, config = finished_copy(gala, tmp_path)
+    lose, expected, first_redone = LOST_DATA[case]
+    lose(config)
+    rerun = neurosam("run", path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert expected in rerun.stderr and "Traceback" not in rerun.stderr, rerun.stderr
+    assert_redone_from(config, first_redone)
+    assert checksum(config) == written
+
+
+def assert_redone_from(config, first_redone: str) -> None:
+    """summary.json: the tasks before ``first_redone`` skipped every block, it and those after none."""
+    tasks = json.loads((config.work_dir / "summary.json").read_text())["tasks"]
+    stages = [task.split("-")[0] for task in tasks]
+    for stage, counts in zip(stages, tasks.values()):
+        redone = stages.index(stage) >= stages.index(first_redone)
+        assert counts["skipped_as_done"] == (0 if redone else counts["blocks"]), (stage, counts)
+
+
+def test_changed_inputs_are_noticed(gala, tmp_path):
+    """Goal 2 of issue 21: affinities (an input the run does not predict) rewritten in place
+    with other values, same path and shape: the rerun redoes every task that read them and ends
+    equal to a fresh run on the new affinities; the ground truth rewritten redoes evaluate."""
+    inputs = {role: str(tmp_path / "inputs.zarr" / role) for role in ("affinities", "ground_truth", "raw")}
+    for role, source in gala.items():
+        shutil.copytree(source, inputs[role])
+    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT)
+    assert neurosam("run", path).returncode == 0
+    affinities = zarr.open_array(inputs["affinities"], mode="r+")
+    affinities[:] = 255 - affinities[:]
+    rerun = neurosam("run", path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"affinities {inputs['affinities']} has changed" in rerun.stderr, rerun.stderr
+    config = load_config(path)
+    assert_redone_from(config, "fragments")
+    fresh = write_config(tmp_path / "fresh", inputs, **BLOCKS, segment=SEGMENT)
+    assert neurosam("run", fresh).returncode == 0
+    assert checksum(config) == checksum(load_config(fresh))
+
+    truth = zarr.open_array(inputs["ground_truth"], mode="r+")
+    truth[:] = np.where(truth[:] > 0, truth[:] + 1, 0)
+    rerun = neurosam("run", path)
+    assert rerun.returncode == 0 and "ground_truth" in rerun.stderr, rerun.stderr
+    assert_redone_from(config, "evaluate")
 
 
 @pytest.fixture

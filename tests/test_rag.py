@@ -190,6 +190,14 @@ def test_blocks_done(rag):
     assert rag.done_blocks("fragments") == set() and rag.done_blocks("contacts") == {3}
 
 
+def test_task_stamps(rag):
+    assert rag.task_stamp("fragments") is None
+    rag.record_stamp("fragments", "first")
+    rag.record_stamp("contacts", "other")
+    rag.record_stamp("fragments", "second")
+    assert rag.task_stamp("fragments") == "second" and rag.task_stamp("contacts") == "other"
+
+
 def test_ids_from_2_to_the_63_are_refused(rag):
     with pytest.raises(ValueError, match="below 2\\*\\*63"):
         rag.write_nodes(np.array([5, 2**63], dtype=np.uint64), np.zeros((2, 3)), np.ones(2))

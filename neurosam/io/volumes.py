@@ -54,7 +54,10 @@ def dataset_exists(path: str | os.PathLike) -> bool:
 def open_storage(path: str | os.PathLike, mode: str = "r") -> zarr.Array | N5Dataset:
     """The dataset's own array, indexed in voxels: zarr's, or an ``N5Dataset``. Block workers
     read through this alone, without funlib.persistence and the dask, xarray and pandas it
-    imports (over half a second of every worker's start)."""
+    imports (over half a second of every worker's start).
+
+    Opened for writing, it stores every chunk a write touches, all-zero ones too: a done block's
+    chunks then exist, which is what ``neurosam.pipeline.stamps`` checks."""
     container, dataset = split_dataset_path(path)
     if not container.exists():
         raise VolumeError(f"{path}: container {container} does not exist")
@@ -62,7 +65,8 @@ def open_storage(path: str | os.PathLike, mode: str = "r") -> zarr.Array | N5Dat
         raise VolumeError(f"{path}: no dataset '{dataset}' in {container}")
     if container.suffix == ".n5":
         return N5Dataset(container / dataset)
-    return zarr.open_array(str(container / dataset), mode=mode)
+    array = zarr.open_array(str(container / dataset), mode=mode)
+    return array if mode == "r" else array.with_config({"write_empty_chunks": True})
 
 
 def open_array(path: str | os.PathLike, mode: str = "r") -> Array:

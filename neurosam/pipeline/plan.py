@@ -23,9 +23,6 @@ from neurosam.stages.predict import predicted_affinities
 from neurosam.stages.stage import InputError, OutputArray, Stage, check_input, require_multiple
 
 MAX_CHUNK_VOXELS = 64
-WRITER_ATTRIBUTE = "neurosam_task"
-"""Every output records the id of the task that writes it: a run whose output another task
-overwrote since must not trust its record of finished blocks."""
 
 
 def output_chunk_voxels(block_size: Coordinate, voxel_size: Coordinate) -> tuple[int, ...]:
@@ -142,34 +139,19 @@ def _check_output(output: OutputArray, plan: RunPlan) -> None:
         )
 
 
-def _outputs_by_task(plan: RunPlan) -> list[tuple[str, OutputArray]]:
-    """The planned task ids, not fingerprints worked out again (that hashes the model's bytes)."""
-    return [(plan.task_of_stage(stage.name).task_id, output) for stage in stages_for(plan.config) for output in stage.outputs(plan)]
-
-
-def overwritten_outputs(plan: RunPlan) -> dict[str, str]:
-    """Task id -> which of its outputs another task (another config into the same datasets)
-    wrote since: that task's finished blocks are no longer in its output."""
-    overwritten = {}
-    for task_id, output in _outputs_by_task(plan):
-        if dataset_exists(output.path):
-            writer = open_storage(output.path).attrs.get(WRITER_ATTRIBUTE)
-            if writer is not None and writer != task_id:
-                overwritten.setdefault(task_id, f"{output.role} {output.path} was last written by task {writer}")
-    return overwritten
+def _outputs(plan: RunPlan) -> list[OutputArray]:
+    return [output for stage in stages_for(plan.config) for output in stage.outputs(plan)]
 
 
 def prepare_outputs(plan: RunPlan) -> None:
-    """Create the missing output arrays, and record in each which task writes it; existing ones
-    (a resumed run) were checked by ``plan_run`` and keep their voxels."""
+    """Create the missing output arrays; existing ones (a resumed run) were checked by
+    ``plan_run`` and keep their voxels."""
     plan.work_dir.mkdir(parents=True, exist_ok=True)
-    for task_id, output in _outputs_by_task(plan):
-        if dataset_exists(output.path):
-            open_storage(output.path, mode="r+").attrs[WRITER_ATTRIBUTE] = task_id
-        else:
+    for output in _outputs(plan):
+        if not dataset_exists(output.path):
             create_array(
                 output.path, plan.volume_roi, plan.voxel_size, output.dtype,
                 channels=output.channels[0] if output.channels else None,
                 chunk_voxels=output_chunk_voxels(output.block_size, plan.voxel_size),
-                attrs={**output.attrs, WRITER_ATTRIBUTE: task_id},
+                attrs=output.attrs,
             )

@@ -27,8 +27,9 @@ from neurosam.layout import (
     summary_path,
     task_logs_dir,
 )
-from neurosam.pipeline.plan import overwritten_outputs, plan_run, prepare_outputs
+from neurosam.pipeline.plan import plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
+from neurosam.pipeline.stamps import forget_untrusted, input_digests, stamp_fresh_tasks
 from neurosam.pipeline.tasks import block_count, build_pipeline
 from neurosam.rag import open_rag
 
@@ -98,21 +99,6 @@ class SchedulerLog:
             self.disk_full = True
 
 
-def forget_overwritten(plan: RunPlan) -> None:
-    """A task whose output another task overwrote since redoes its blocks, and so does every
-    task after it (they read it, or their records depend on its RAG rows)."""
-    overwritten = overwritten_outputs(plan)
-    if not overwritten:
-        return
-    order = list(plan.tasks)
-    first = min(order.index(task_id) for task_id in overwritten)
-    with open_rag(plan.config.rag.url) as rag:
-        for task_id in order[first:]:
-            rag.forget_blocks(task_id)
-    for task_id, why in overwritten.items():
-        logger.warning("%s: the blocks of %s and of the tasks after it are done again", why, task_id)
-
-
 def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
     """Task ids in pipeline order, up to and including the stage ``until`` (all by default)."""
     names = [task.stage for task in plan.tasks.values()]
@@ -136,15 +122,17 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     cancel_submitted_jobs(config.work_dir)
     plan = plan_run(config)
     task_order = tasks_until(plan, until)
-    forget_overwritten(plan)
-    prepare_outputs(plan)
+    digests = input_digests(plan)
+    with open_rag(config.rag.url) as rag:
+        forget_untrusted(plan, rag, digests)
+        prepare_outputs(plan)
+        stamp_fresh_tasks(plan, rag, digests)
+        done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
     plan_file = str(plan.save())
     log_dir = logs_dir(config.work_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     daisy_logging.set_log_basedir(log_dir)
 
-    with open_rag(config.rag.url) as rag:
-        done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
     pipeline = build_pipeline(plan, plan_file, done_blocks, task_order)
     for task_id in task_order:
         for stale in task_logs_dir(config.work_dir, task_id).glob(FAILED_BLOCKS):

@@ -4,7 +4,8 @@ Nodes are fragments (id, centre in nm, size in voxels); edges are fragment pairs
 the statistics of the affinities over their contact (``neurosam.graph.agglomeration``), one
 value per statistic. Every write is an upsert keyed by id or (u, v), so a block
 that is retried after a crash duplicates nothing. Blocks record that they finished in the same
-store (``mark_block_done``), which is how a resumed run knows what it may skip.
+store (``mark_block_done``), which is how a resumed run knows what it may skip, and each task's
+stamp (``record_stamp``), by which it checks that the outputs still hold what those blocks wrote.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ class RagStore(ABC):
     @abstractmethod
     def forget_blocks(self, task: str) -> None:
         """Drop the record of a task's finished blocks: its output was overwritten since."""
+
+    @abstractmethod
+    def record_stamp(self, task: str, stamp: str) -> None:
+        """Record the stamp a task's outputs carry (``neurosam.pipeline.stamps``), replacing the last."""
+
+    @abstractmethod
+    def task_stamp(self, task: str) -> str | None:
+        """The stamp last recorded for the task; None if none was."""
 
     @abstractmethod
     def close(self) -> None: ...

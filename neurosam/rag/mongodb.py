@@ -2,7 +2,8 @@
 
 Collections: ``nodes`` {_id: fragment id, z, y, x, size} indexed on (z, y, x); ``edges``
 {u, v, statistics: {name: value}}, one document per edge whatever the number of statistics,
-with a unique index on (u, v); ``blocks_done`` {task, block_id}, unique. Writes are
+with a unique index on (u, v); ``blocks_done`` {task, block_id}, unique; ``task_stamps``
+{_id: task, stamp}. Writes are
 unordered bulk upserts; MongoDB retries an upsert that races another on a unique key itself.
 
 ``mongomock://host/db`` runs the same code on mongomock, an in-process stand-in the tests use
@@ -88,6 +89,7 @@ class MongoRag(RagStore):
             self.nodes = self.db["nodes"]
             self.edges = self.db["edges"]
             self.blocks_done = self.db["blocks_done"]
+            self.task_stamps = self.db["task_stamps"]
             self.nodes.create_index([("z", 1), ("y", 1), ("x", 1)])
             self.edges.create_index([("u", 1), ("v", 1)], unique=True)
             self.blocks_done.create_index([("task", 1), ("block_id", 1)], unique=True)
@@ -155,6 +157,13 @@ class MongoRag(RagStore):
 
     def forget_blocks(self, task: str) -> None:
         self.blocks_done.delete_many({"task": task})
+
+    def record_stamp(self, task: str, stamp: str) -> None:
+        self.task_stamps.update_one({"_id": task}, {"$set": {"stamp": stamp}}, upsert=True)
+
+    def task_stamp(self, task: str) -> str | None:
+        document = self.task_stamps.find_one({"_id": task})
+        return None if document is None else document["stamp"]
 
     def close(self) -> None:
         if self.owns_client and self.client is not None:

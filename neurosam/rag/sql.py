@@ -27,6 +27,7 @@ SCHEMA = (
     " u BIGINT NOT NULL, v BIGINT NOT NULL, statistic TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,"
     " PRIMARY KEY (u, v, statistic))",
     "CREATE TABLE IF NOT EXISTS blocks_done (task TEXT NOT NULL, block_id BIGINT NOT NULL, PRIMARY KEY (task, block_id))",
+    "CREATE TABLE IF NOT EXISTS task_stamps (task TEXT PRIMARY KEY, stamp TEXT NOT NULL)",
 )
 
 UPSERT_NODE = (
@@ -39,6 +40,7 @@ UPSERT_EDGE = (
 )
 INSERT_BLOCK_DONE = "INSERT INTO blocks_done (task, block_id) VALUES (?, ?) ON CONFLICT DO NOTHING"
 DELETE_BLOCKS_DONE = "DELETE FROM blocks_done WHERE task = ?"
+UPSERT_STAMP = "INSERT INTO task_stamps (task, stamp) VALUES (?, ?) ON CONFLICT (task) DO UPDATE SET stamp = excluded.stamp"
 
 
 class SqlRag(RagStore):
@@ -138,6 +140,14 @@ class SqlRag(RagStore):
     def forget_blocks(self, task: str) -> None:
         with self._transaction() as cursor:
             cursor.execute(self._sql(DELETE_BLOCKS_DONE), (task,))
+
+    def record_stamp(self, task: str, stamp: str) -> None:
+        with self._transaction() as cursor:
+            cursor.execute(self._sql(UPSERT_STAMP), (task, stamp))
+
+    def task_stamp(self, task: str) -> str | None:
+        rows = self._read("SELECT stamp FROM task_stamps WHERE task = ?", (task,))
+        return rows[0][0] if rows else None
 
     def close(self) -> None:
         self.connection.close()

@@ -60,4 +60,4 @@ def contacts_blocks(setup: WorkerSetup):
     yield lambda block: contacts_block(setup, block)
 
 
-STAGE = Stage("contacts", "neurosam.stages.contacts:contacts_blocks", contacts_layout)
+STAGE = Stage("contacts", "neurosam.stages.contacts:contacts_blocks", contacts_layout, reads=("affinities",))

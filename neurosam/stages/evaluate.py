@@ -19,7 +19,7 @@ from funlib.geometry import Coordinate, Roi
 from neurosam.config import RunConfig
 from neurosam.graph.metrics import Contingency, contingency, scores_from_contingency, sum_contingencies
 from neurosam.io.volumes import VolumeError, open_array, require_same_voxel_size
-from neurosam.layout import RunPlan, WorkerSetup, evaluation_path, evaluation_pictures, segmentation_path
+from neurosam.layout import RunPlan, StoredArray, WorkerSetup, evaluation_path, evaluation_pictures, segmentation_path
 from neurosam.stages.stage import Stage, check_input, whole_volume
 from neurosam.view import plot_scores_vs_threshold, plot_segmentation_slice
 
@@ -29,7 +29,9 @@ LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64"
 
 
 def check_ground_truth(plan: RunPlan) -> None:
-    check_input(plan, plan.config.datasets.ground_truth, "ground truth", LABEL_DTYPES)
+    """Checked, and kept among the plan's arrays: a change to it redoes the evaluation."""
+    path = plan.config.datasets.ground_truth
+    plan.arrays["ground_truth"] = StoredArray.of(path, check_input(plan, path, "ground truth", LABEL_DTYPES))
 
 
 def _chunks(roi: Roi, chunk_world: Coordinate) -> Iterable[Roi]:
@@ -146,5 +148,5 @@ def evaluate_blocks(setup: WorkerSetup):
 STAGE = Stage(
     "evaluate", "neurosam.stages.evaluate:evaluate_blocks", whole_volume,
     sections=("evaluate",), enabled=lambda config: config.datasets.ground_truth is not None,
-    check_inputs=check_ground_truth,
+    check_inputs=check_ground_truth, work_files=lambda plan: [evaluation_path(plan.work_dir)], reads=("ground_truth", "raw"),
 )

@@ -54,7 +54,10 @@ def fragments_layout(plan: RunPlan) -> Layout:
 
 
 def fragments_outputs(plan: RunPlan) -> list[OutputArray]:
-    claims = [OutputArray(claims_role(axis), claims_path(plan.config, axis), np.uint64, plan.block_size) for axis in range(3)]
+    claims = [
+        OutputArray(claims_role(axis), claims_path(plan.config, axis), np.uint64, plan.block_size, whole_blocks=False)
+        for axis in range(3)
+    ]
     return [OutputArray("fragments", plan.config.datasets.fragments, np.uint64, plan.block_size), *claims]
 
 
@@ -148,5 +151,5 @@ def fragments_blocks(setup: WorkerSetup):
 
 STAGE = Stage(
     "fragments", "neurosam.stages.fragments:fragments_blocks", fragments_layout,
-    sections=("datasets", "roi", "blocks", "fragments"), outputs=fragments_outputs,
+    sections=("datasets", "roi", "blocks", "fragments"), outputs=fragments_outputs, reads=("affinities",),
 )

@@ -239,4 +239,5 @@ STAGE = Stage(
     sections=("datasets", "roi", "predict"),
     enabled=lambda config: config.predict is not None,
     outputs=affinities_output,
+    reads=("raw",),
 )

@@ -17,7 +17,7 @@ import numpy as np
 from neurosam.config import RunConfig
 from neurosam.graph.agglomeration import EDGE_STATISTICS, agglomerate_graph, join_cut_basins
 from neurosam.graph.union_find import find_roots, join
-from neurosam.layout import WorkerSetup, fragment_ids_path, lookup_dir, lookup_path, union_find_path
+from neurosam.layout import RunPlan, WorkerSetup, fragment_ids_path, lookup_dir, lookup_path, union_find_path
 from neurosam.rag import RagStore
 from neurosam.stages.stage import Stage, whole_volume
 
@@ -90,4 +90,10 @@ def segment_blocks(setup: WorkerSetup):
     yield lambda block: find_segments(setup.plan.config, setup.rag)
 
 
-STAGE = Stage("segment", "neurosam.stages.segment:segment_blocks", whole_volume, sections=("segment",))
+def lookup_files(plan: RunPlan) -> list[Path]:
+    """What relabel reads."""
+    config = plan.config
+    return [fragment_ids_path(config), *(lookup_path(config, threshold) for threshold in config.segment.thresholds)]
+
+
+STAGE = Stage("segment", "neurosam.stages.segment:segment_blocks", whole_volume, sections=("segment",), work_files=lookup_files)

@@ -2,7 +2,7 @@
 
 A stage is data: its name, the ``module:function`` of its block function, its block layout,
 the config sections its output depends on (its fingerprint), whether a run has it, the arrays
-it writes and the inputs it checks. The scheduler builds every daisy task from these records;
+it writes, the files it leaves in the work dir, the input arrays it reads and the inputs it checks. The scheduler builds every daisy task from these records;
 the worker imports the block function by name.
 
 A block function is a context manager ``function(setup)`` taking a ``WorkerSetup`` (the plan,
@@ -14,6 +14,7 @@ worker gets. It reads its read ROI, writes only its write ROI and the RAG, and i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from funlib.geometry import Coordinate, Roi
@@ -40,6 +41,8 @@ class OutputArray:
     block_size: Coordinate
     channels: tuple[int, ...] = ()
     attrs: dict = field(default_factory=dict)
+    whole_blocks: bool = True
+    """Every block writes its whole write ROI here, so a done block's chunks must exist."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ class Stage:
     sections: tuple[str, ...] = ()
     enabled: Callable[[RunConfig], bool] = lambda config: True
     outputs: Callable[[RunPlan], list[OutputArray]] = lambda plan: []
+    work_files: Callable[[RunPlan], list[Path]] = lambda plan: []
+    """Files in the work dir that its finished blocks leave, and later stages or the user read."""
+    reads: tuple[str, ...] = ()
+    """Roles of the run's input arrays (``raw``, ``affinities``, ``ground_truth``) its output
+    depends on: when one changes, its done blocks are redone."""
     check_inputs: Callable[[RunPlan], None] = lambda plan: None
     """Raises ``InputError`` for an input the stage cannot read, before any block runs."""
 
