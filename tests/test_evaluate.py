@@ -4,13 +4,14 @@ import matplotlib.image
 import numpy as np
 import pytest
 import waterz
-from funlib.geometry import Roi
+from funlib.geometry import Coordinate, Roi
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 from neurosam.graph.metrics import Contingency, contingency, evaluate, scores_from_contingency, sum_contingencies
-from neurosam.io.volumes import VolumeError, create_array
+from neurosam.io.volumes import VolumeError, create_array, open_array
 from neurosam.stages import evaluate as evaluation
-from neurosam.stages.evaluate import evaluate_many, write_report
+from neurosam.layout import StoredArray
+from neurosam.stages.evaluate import stored_contingency, threshold_scores, write_report
 from neurosam.view import plot_scores_vs_threshold, plot_segmentation_slice, render_overview
 
 
@@ -140,33 +141,36 @@ def stored_pair(tmp_path):
     return tmp_path / "eval.zarr", segmentation, truth
 
 
+def stored(path) -> StoredArray:
+    return StoredArray.of(str(path), open_array(path))
+
+
 def test_stored_arrays_scored_chunk_by_chunk_equal_in_memory_scores(stored_pair, monkeypatch):
     container, segmentation, truth = stored_pair
-    monkeypatch.setattr(evaluation, "CHUNKS_PER_MERGE", 3)
-    scores = evaluate_many([container / "segmentation"], container / "truth", chunk_shape=(4, 7, 9))[0]
-    assert scores == pytest.approx(evaluate(segmentation, truth), rel=1e-12)
+    monkeypatch.setattr(evaluation, "TABLES_PER_MERGE", 3)
+    labels, ground_truth = stored(container / "segmentation"), stored(container / "truth")
+    table = stored_contingency(labels, ground_truth, ground_truth.roi, ground_truth.voxel_size * Coordinate(4, 7, 9))
+    assert scores_from_contingency(table) == pytest.approx(evaluate(segmentation, truth), rel=1e-12)
 
 
 def test_stored_arrays_scored_inside_a_roi(stored_pair):
     container, segmentation, truth = stored_pair
     roi = Roi((40 + 2 * 40, 100 + 4, 60), (5 * 40, 10 * 4, 28 * 4))
-    scores = evaluate_many([container / "segmentation"], container / "truth", roi=roi, chunk_shape=(2, 4, 8))[0]
-    assert scores == pytest.approx(evaluate(segmentation[2:7, 1:11], truth[2:7, 1:11]), rel=1e-12)
+    table = stored_contingency(stored(container / "segmentation"), stored(container / "truth"), roi, Coordinate(80, 16, 32))
+    assert scores_from_contingency(table) == pytest.approx(evaluate(segmentation[2:7, 1:11], truth[2:7, 1:11]), rel=1e-12)
 
 
-def test_roi_outside_the_arrays_or_off_the_voxel_grid_is_refused(stored_pair):
-    container, _, _ = stored_pair
-    with pytest.raises(VolumeError, match="not inside"):
-        evaluate_many([container / "segmentation"], container / "truth", roi=Roi((0, 0, 0), (80, 8, 8)))
-    with pytest.raises(VolumeError, match="not aligned"):
-        evaluate_many([container / "segmentation"], container / "truth", roi=Roi((40, 102, 60), (40, 8, 8)))
-
-
-def test_voxel_size_mismatch_is_refused(stored_pair, tmp_path):
-    container, _, _ = stored_pair
-    create_array(tmp_path / "eval.zarr" / "coarse", Roi((40, 100, 60), (600, 96, 112)), (40, 8, 8), np.uint64)
-    with pytest.raises(VolumeError, match="voxel size"):
-        evaluate_many([container / "segmentation"], container / "coarse")
+def test_every_threshold_scored_from_one_fragment_table_equals_its_segmentation():
+    """A threshold's segmentation is its fragments under a lookup: scoring the fragments' table
+    through the lookup equals scoring the relabelled volume, merged pairs and background included."""
+    fragments = random_labels(21, ids=40)
+    truth = blocky_labels(22)
+    table = contingency(fragments, truth)
+    for seed in range(3):
+        lookup = np.random.default_rng(seed).integers(1, 6 + 4 * seed, 40).astype(np.uint64)
+        lookup[0] = 0
+        expected = evaluate(lookup[fragments], truth)
+        assert threshold_scores(table, lookup[table.segment_ids]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_report_is_json_with_numpy_values(tmp_path):

@@ -81,6 +81,10 @@ def test_outputs_are_well_formed(gala_blockwise):
     np.testing.assert_array_equal(segmentation == 0, fragments[fragments.roi] == 0)
     report = json.loads((config.work_dir / "evaluation.json").read_text())
     assert set(report["thresholds"]) == {"0.5000", "0.6000", "0.7000", "0.8000"}
+    ground_truth = open_array(config.datasets.ground_truth)
+    for threshold in (0.5, 0.8):
+        written = evaluate(read_segmentation(config, threshold), ground_truth[ground_truth.roi])
+        assert report["thresholds"][f"{threshold:.4f}"] == pytest.approx(written, rel=1e-9), "the report does not score the written segmentation"
     for picture in ("evaluation.png", "segmentation.png"):
         assert (config.work_dir / picture).stat().st_size > 10_000
     picture = matplotlib.image.imread(config.work_dir / "segmentation.png")[..., :3]

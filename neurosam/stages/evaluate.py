@@ -1,30 +1,29 @@
 """Evaluate: score the segmentation of every threshold against the ground truth, then draw it.
 
-Scores come from contingency tables summed chunk by chunk, so a whole-brain ground truth is never
-loaded at once; the picture is one section of the raw with the best threshold's segments over it.
+Every threshold's segmentation is its fragments under a lookup, so the table of (fragment,
+ground-truth) voxel counts, summed block by block, gives every threshold's contingency table
+through segment's lookup: the fragments and the ground truth are read once, whatever the number
+of thresholds, and a whole-brain ground truth is never held at once. The picture is one section
+of the raw with the best threshold's segments over it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from itertools import product
 from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.config import RunConfig
 from neurosam.graph.metrics import Contingency, contingency, scores_from_contingency, sum_contingencies
-from neurosam.io.volumes import VolumeError, open_array, require_same_voxel_size
-from neurosam.layout import RunPlan, StoredArray, WorkerSetup, evaluation_path, evaluation_pictures, segmentation_path
+from neurosam.layout import RunPlan, StoredArray, WorkerSetup, evaluation_path, evaluation_pictures, segmentation_role
+from neurosam.stages.relabel import segment_ids
 from neurosam.stages.stage import Stage, check_input, whole_volume
 from neurosam.view import plot_scores_vs_threshold, plot_segmentation_slice
 
-DEFAULT_CHUNK_SHAPE = (128, 128, 128)
-CHUNKS_PER_MERGE = 32
+TABLES_PER_MERGE = 32
 LABEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "uint32", "uint64", "int32", "int64"))
 
 
@@ -34,52 +33,28 @@ def check_ground_truth(plan: RunPlan) -> None:
     plan.arrays["ground_truth"] = StoredArray.of(path, check_input(plan, path, "ground truth", LABEL_DTYPES))
 
 
-def _chunks(roi: Roi, chunk_world: Coordinate) -> Iterable[Roi]:
-    counts = [-(-size // step) for size, step in zip(roi.shape, chunk_world)]
-    for index in product(*(range(count) for count in counts)):
-        yield Roi(roi.offset + Coordinate(index) * chunk_world, chunk_world).intersect(roi)
+def stored_contingency(labels: StoredArray, ground_truth: StoredArray, roi: Roi, chunk: Coordinate, ignore_background: bool = True) -> Contingency:
+    """The contingency table of two stored label arrays over ``roi``, read ``chunk`` (nm) at a
+    time and summed every few chunks, so memory follows the table, not the volume."""
+    total: list[Contingency] = []
+    pending: list[Contingency] = []
+    for block in _chunks(roi, chunk):
+        pending.append(contingency(labels.read(block), ground_truth.read(block), ignore_background))
+        if len(pending) == TABLES_PER_MERGE:
+            total = [sum_contingencies(total + pending)]
+            pending = []
+    return sum_contingencies(total + pending)
 
 
-def evaluate_many(
-    segmentation_paths: Sequence[str | os.PathLike],
-    ground_truth_path: str | os.PathLike,
-    roi: Roi | None = None,
-    chunk_shape: Sequence[int] = DEFAULT_CHUNK_SHAPE,
-    ignore_background: bool = True,
-) -> list[dict[str, float]]:
-    """Scores of several segmentations of one volume (a run's thresholds), with the ground truth
-    read once, a chunk at a time."""
-    segmentations = [open_array(path) for path in segmentation_paths]
-    ground_truth = open_array(ground_truth_path)
-    shared = ground_truth.roi
-    for segmentation, path in zip(segmentations, segmentation_paths):
-        require_same_voxel_size(segmentation, path, ground_truth, ground_truth_path)
-        shared = shared.intersect(segmentation.roi)
-    voxel_size = ground_truth.voxel_size
-    if roi is None:
-        roi = shared
-    if roi.empty or not shared.contains(roi):
-        raise VolumeError(
-            f"evaluation ROI {roi} is not inside both {', '.join(map(str, segmentation_paths))} ({shared}) "
-            f"and {ground_truth_path} ({ground_truth.roi})"
-        )
-    if roi.offset % voxel_size != voxel_size * 0 or roi.shape % voxel_size != voxel_size * 0:
-        raise VolumeError(f"evaluation ROI {roi} is not aligned to the voxel size {voxel_size} nm")
-
-    totals: list[Contingency | None] = [None] * len(segmentations)
-    pending: list[list[Contingency]] = [[] for _ in segmentations]
-    for chunk in _chunks(roi, Coordinate(chunk_shape) * voxel_size):
-        truth = ground_truth[chunk]
-        for index, segmentation in enumerate(segmentations):
-            pending[index].append(contingency(segmentation[chunk], truth, ignore_background))
-            if len(pending[index]) == CHUNKS_PER_MERGE:
-                totals[index] = _merge(totals[index], pending[index])
-                pending[index] = []
-    return [scores_from_contingency(_merge(total, tables)) for total, tables in zip(totals, pending)]
+def _chunks(roi: Roi, chunk: Coordinate):
+    counts = [-(-size // step) for size, step in zip(roi.shape, chunk)]
+    for index in np.ndindex(*counts):
+        yield Roi(roi.offset + Coordinate(index) * chunk, chunk).intersect(roi)
 
 
-def _merge(total: Contingency | None, tables: list[Contingency]) -> Contingency:
-    return sum_contingencies(tables if total is None else [total, *tables])
+def threshold_scores(fragment_table: Contingency, segments: np.ndarray) -> dict[str, float]:
+    """Scores of the segmentation that maps each fragment of the table to ``segments``."""
+    return scores_from_contingency(sum_contingencies([Contingency(segments, fragment_table.ground_truth_ids, fragment_table.counts)]))
 
 
 def _jsonable(value):
@@ -108,14 +83,15 @@ def middle_section(roi: Roi, voxel_size: Coordinate) -> Roi:
     return Roi((z, *roi.offset[1:]), (voxel_size[0], *roi.shape[1:]))
 
 
-def evaluate_run(config: RunConfig, volume_roi: Roi) -> dict:
-    scores = evaluate_many(
-        [segmentation_path(config, threshold) for threshold in config.segment.thresholds],
-        config.datasets.ground_truth,
-        roi=volume_roi,
-        ignore_background=config.evaluate.ignore_background,
+def evaluate_run(plan: RunPlan) -> dict:
+    config = plan.config
+    thresholds = config.segment.thresholds
+    table = stored_contingency(
+        plan.arrays["fragments"], plan.arrays["ground_truth"], plan.volume_roi, plan.block_size, config.evaluate.ignore_background
     )
-    per_threshold = {f"{threshold:.4f}": score for threshold, score in zip(config.segment.thresholds, scores)}
+    per_threshold = {
+        f"{threshold:.4f}": threshold_scores(table, segment_ids(config, table.segment_ids, threshold)) for threshold in thresholds
+    }
     best = min(per_threshold, key=lambda t: per_threshold[t]["voi"])
     report = {
         "scoring_function": config.segment.scoring_function,
@@ -127,12 +103,11 @@ def evaluate_run(config: RunConfig, volume_roi: Roi) -> dict:
     segmentation_picture, scores_picture = evaluation_pictures(config.work_dir)
     write_report(report, evaluation_path(config.work_dir))
     plot_scores_vs_threshold({float(t): s for t, s in per_threshold.items()}, scores_picture)
-    if config.datasets.raw is not None:
-        segmentation = open_array(segmentation_path(config, float(best)))
-        section = middle_section(volume_roi, segmentation.voxel_size)
+    if "raw" in plan.arrays:
+        section = middle_section(plan.volume_roi, plan.voxel_size)
         plot_segmentation_slice(
-            open_array(config.datasets.raw)[section],
-            segmentation[section],
+            plan.arrays["raw"].read(section),
+            plan.arrays[segmentation_role(float(best))].read(section),
             segmentation_picture,
             title=f"threshold {best}: VOI {per_threshold[best]['voi']:.3f}",
         )
@@ -141,8 +116,7 @@ def evaluate_run(config: RunConfig, volume_roi: Roi) -> dict:
 
 @contextmanager
 def evaluate_blocks(setup: WorkerSetup):
-    """Evaluation reads whole arrays through funlib.persistence (imported here only), chunk by chunk."""
-    yield lambda block: evaluate_run(setup.plan.config, setup.plan.volume_roi)
+    yield lambda block: evaluate_run(setup.plan)
 
 
 STAGE = Stage(

@@ -23,11 +23,16 @@ def relabel_block(setup: WorkerSetup, block) -> None:
     plan, config = setup.plan, setup.plan.config
     fragments = plan.arrays["fragments"].read(block.write_roi)
     present, inverse = unique_inverse(fragments)
-    ids = np.load(fragment_ids_path(config), mmap_mode="r")
     for threshold in config.segment.thresholds:
-        table = np.load(lookup_path(config, threshold), mmap_mode="r")
         segmentation = plan.arrays[segmentation_role(threshold)]
-        segmentation.write(block.write_roi, apply_lookup(present, ids, table)[inverse])
+        segmentation.write(block.write_roi, segment_ids(config, present, threshold)[inverse])
+
+
+def segment_ids(config, fragments: np.ndarray, threshold: float) -> np.ndarray:
+    """The segment of each fragment at ``threshold``, as segment wrote it: relabel writes these
+    ids into the segmentation, and evaluate scores through them without reading it."""
+    ids = np.load(fragment_ids_path(config), mmap_mode="r")
+    return apply_lookup(fragments, ids, np.load(lookup_path(config, threshold), mmap_mode="r"))
 
 
 def apply_lookup(fragments: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:
