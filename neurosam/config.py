@@ -120,6 +120,10 @@ class PredictConfig(StrictModel):
     """torch threads of a CPU worker; default: this machine's cores divided among the workers."""
     read_ahead: int = Field(2, ge=1)
     """Rows of tiles (along z) whose raw is read ahead of the network, in background threads."""
+    test_time_augmentation: bool = False
+    """Average the network over every flip and y-x swap of the tiles that the model's offsets
+    and ``tile_context`` allow (8 or 16 passes: a flip along z needs z context as long as the
+    longest z offset); costs that many times the network's time."""
 
     @model_validator(mode="after")
     def _tile_has_core(self) -> "PredictConfig":

@@ -23,7 +23,7 @@ from neurosam.config import load_config
 from neurosam.io.volumes import create_array, open_array
 from neurosam.model.build import build_model, save_checkpoint
 from neurosam.model.config import ModelConfig
-from neurosam.model.inference import normalise, predict_volume
+from neurosam.model.inference import TileTransform, normalise, predict_tiles, predict_volume, tile_transforms
 from neurosam.pipeline.plan import task_ids
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
@@ -135,6 +135,70 @@ def test_blockwise_float_prediction_equals_whole_volume(raw_volume, checkpoint):
         reference[(slice(None), *(slice(a, a + s) for a, s in zip(start, shape)))],
         atol=1e-5,
     )
+
+
+LONG_RANGE = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3], [-9, 0, 0], [0, -9, 0], [0, 0, -9]]
+
+
+class PairModel(torch.nn.Module):
+    """Each affinity a function of its voxel pair alone (1 - |difference|): the same under any
+    flip or swap of the tiles, so test-time augmentation must give back the plain prediction."""
+
+    def __init__(self, offsets):
+        super().__init__()
+        self.offsets = offsets
+
+    def forward(self, tiles):
+        pairs = [1 - (tiles - torch.roll(tiles, [-c for c in offset], [2, 3, 4])).abs() for offset in self.offsets]
+        affinities = torch.cat(pairs, 1).clamp(1e-4, 1 - 1e-4)
+        return {"refined": torch.log(affinities / (1 - affinities))}
+
+
+def test_every_tile_transform_is_inverted_exactly_offsets_included():
+    rng = np.random.default_rng(0)
+    context, tile = (9, 10, 10), (30, 40, 40)
+    padded = np.pad(rng.random((24, 40, 40)), [(9, 9), (10, 10), (10, 10)], mode="reflect").astype(np.float32)
+    model, cpu = PairModel(LONG_RANGE), torch.device("cpu")
+    plain = predict_tiles(model, padded, tile, context, cpu, offsets=LONG_RANGE)
+    transforms = tile_transforms(LONG_RANGE, context)
+    assert len(transforms) == 16 and transforms[0] == TileTransform()
+    for transform in transforms:
+        np.testing.assert_array_equal(predict_tiles(model, padded, tile, context, cpu, transforms=[transform], offsets=LONG_RANGE), plain)
+    np.testing.assert_allclose(predict_tiles(model, padded, tile, context, cpu, transforms=transforms, offsets=LONG_RANGE), plain, atol=1e-6)
+    flipped = predict_tiles(PairModel([[0, 0, -3]] * 9), padded, tile, context, cpu, transforms=[TileTransform((2,))], offsets=LONG_RANGE)
+    assert not np.allclose(flipped, plain), "a model that is not symmetric must change under a flip"
+
+
+def test_tile_transforms_are_those_the_offsets_and_context_allow():
+    assert {t.flips for t in tile_transforms(LONG_RANGE, (8, 16, 16))} == {(), (1,), (2,), (1, 2)}
+    assert len(tile_transforms(LONG_RANGE, (8, 16, 16))) == 8
+    assert all(not t.transpose for t in tile_transforms(OFFSETS, (2, 4, 4)))
+    assert len(tile_transforms(OFFSETS, (2, 4, 4))) == 8
+    assert tile_transforms([[0, -1, -2]], (4, 4, 4)) == [TileTransform(), TileTransform((0,))]
+
+
+def test_blockwise_prediction_with_test_time_augmentation_equals_whole_volume(raw_volume, checkpoint, tmp_path):
+    from neurosam.model.build import load_model
+
+    raw_path, raw = raw_volume
+    config_path = predict_config(tmp_path, raw_path, checkpoint, test_time_augmentation=True)
+    run_pipeline(config_path, until="predict", echo_progress=False)
+    model, _, _ = load_model(checkpoint)
+    context, core = np.array(TILE["tile_context"]), np.array(TILE["tile_shape"]) - 2 * np.array(TILE["tile_context"])
+    padding = [(c, -(-s // k) * k - s + c) for c, k, s in zip(context, core, raw.shape)]
+    padded = np.pad(normalise(raw), padding, mode="reflect")
+    transforms = tile_transforms(OFFSETS, TILE["tile_context"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        augmented = predict_tiles(model, padded, TILE["tile_shape"], context, torch.device("cpu"), transforms=transforms, offsets=OFFSETS)
+        plain = predict_tiles(model, padded, TILE["tile_shape"], context, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    inside = (slice(None), *(slice(0, s) for s in raw.shape))
+    blockwise = read_affinities(config_path)
+    assert np.abs(blockwise.astype(int) - to_uint8(augmented[inside]).astype(int)).max() <= 1
+    assert np.abs(blockwise.astype(int) - to_uint8(plain[inside]).astype(int)).max() > 1
 
 
 def test_mirrored_read_equals_numpy_reflect_padding(raw_volume):

@@ -167,6 +167,14 @@ class BlockPredictor:
         self.context = tile_context(setup.plan)
         self.seconds = {"read": 0.0, "waiting for reads": 0.0, "compute": 0.0, "write": 0.0}
         self.blocks = 0
+        self.transforms = self._transforms()
+
+    def _transforms(self):
+        from neurosam.model.inference import TileTransform, tile_transforms
+
+        if not self.settings.test_time_augmentation:
+            return [TileTransform()]
+        return tile_transforms(self.plan.affinity_offsets, self.settings.tile_context)
 
     def read(self, roi: Roi) -> np.ndarray:
         from neurosam.model.inference import normalise
@@ -192,7 +200,7 @@ class BlockPredictor:
             predicted.append(
                 predict_tiles(
                     self.model, raw, self.settings.tile_shape, self.settings.tile_context,
-                    self.device, self.autocast_dtype, self.settings.tile_batch,
+                    self.device, self.autocast_dtype, self.settings.tile_batch, self.transforms, self.plan.affinity_offsets,
                 )
             )
             self.seconds["compute"] += time.perf_counter() - computing
