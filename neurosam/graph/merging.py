@@ -1,0 +1,424 @@
+"""The merge loop, compiled: waterz's region merging over a graph of statistics, with a heap of
+lazily deleted entries and union-find, in a few flat arrays.
+
+Pop the lowest-scored edge; merge its regions (the one with the shorter adjacency list into the
+other), folding parallel edges into one and scoring the folded edge again. An edge's statistics
+are its contact's maximum, minimum, sum of affinities and area, and for quantile scores the
+multiset of its fragment pairs' maxima (waterz's ``InitWithMax``), kept as linked lists so that
+folding two edges is a splice. A forced edge (the pieces of one watershed basin cut by block
+faces) scores below everything.
+
+Frozen regions support the hierarchy (``neurosam.graph.hierarchy``): a region that may have edges
+this graph does not hold never merges here. An edge with a frozen end is deferred when it is
+popped, and its other end freezes from then on, because the merge the whole graph would make at
+that score is not known here. For the scoring functions that ``neurosam.graph.scoring`` accepts
+as exact, a folded edge scores at least the lower of its parts, so scores pop in increasing
+order and every merge made here is made, at the same score, by one process over the whole graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import types
+from numba.typed import Dict
+
+from neurosam.graph.scoring import (
+    ADD, AREA, CONSTANT, DIVIDE, HISTOGRAM_QUANTILE, INVERT, MAX, MEAN, MIN, MULTIPLY, ONE_MINUS, QUANTILE, SQUARE, STEP,
+    SUBTRACT, Program,
+)
+
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass
+class Graph:
+    """Edges between nodes 0..n-1 with their statistics. ``maxima`` and ``maxima_offsets`` (CSR,
+    len(u) + 1) hold each edge's multiset of pair maxima, where the scoring function takes a
+    quantile; an edge without a multiset stands for one pair, its maximum."""
+
+    nodes: int
+    u: np.ndarray
+    v: np.ndarray
+    maximum: np.ndarray
+    minimum: np.ndarray
+    total: np.ndarray
+    area: np.ndarray
+    forced: np.ndarray
+    maxima: np.ndarray | None = None
+    maxima_offsets: np.ndarray | None = None
+
+
+@dataclass
+class Merged:
+    """What the loop leaves: merges in order (the smallest node of either region, and the score);
+    each node's root and each root's smallest node; which roots are frozen and the highest
+    score of the merges that made each; and the deferred edges between frozen roots (as a
+    ``Graph`` over root indices, ``maxima`` kept where the program takes quantiles)."""
+
+    kept: np.ndarray
+    merged: np.ndarray
+    scores: np.ndarray
+    root: np.ndarray
+    smallest: np.ndarray
+    frozen: np.ndarray
+    complete_at: np.ndarray
+    deferred: Graph
+
+
+@numba.njit(cache=True, nogil=True)
+def _discretize(value, bins):
+    if not value > 0:
+        return 0
+    if value >= 1:
+        return bins - 1
+    return min(int(value * bins), bins - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantile(e, q, bins, head, length, next_element, value, counts, scratch):
+    """The q-th percentile of edge e's pair maxima, as waterz takes it (rank q * n // 100 of the
+    sorted maxima; with ``bins``, of their histogram)."""
+    n = length[e]
+    rank = q * n // 100
+    if bins > 0:
+        if rank >= n:
+            return (bins + 0.5) / bins
+        if n == 1:
+            return (_discretize(value[head[e]], bins) + 0.5) / bins
+        element = head[e]
+        while element >= 0:
+            counts[_discretize(value[element], bins)] += 1
+            element = next_element[element]
+        seen, level = 0, 0
+        for level in range(bins):
+            seen += counts[level]
+            if seen > rank:
+                break
+        counts[:] = 0
+        return (level + 0.5) / bins
+    element, i = head[e], 0
+    while element >= 0:
+        scratch[i] = value[element]
+        element = next_element[element]
+        i += 1
+    return np.sort(scratch[:n])[min(rank, n - 1)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch):
+    """Evaluate the scoring program (postfix) on edge e."""
+    if forced[e]:
+        return -np.inf
+    top = 0
+    for i in range(len(codes)):
+        code = codes[i]
+        if code == MAX:
+            stack[top] = maximum[e]
+            top += 1
+        elif code == MIN:
+            stack[top] = minimum[e]
+            top += 1
+        elif code == MEAN:
+            stack[top] = total[e] / area[e]
+            top += 1
+        elif code == AREA:
+            stack[top] = area[e]
+            top += 1
+        elif code == CONSTANT:
+            stack[top] = parameters[i, 0]
+            top += 1
+        elif code == QUANTILE or code == HISTOGRAM_QUANTILE:
+            bins = int(parameters[i, 1]) if code == HISTOGRAM_QUANTILE else 0
+            stack[top] = _quantile(e, int(parameters[i, 0]), bins, head, length, next_element, value, counts, scratch)
+            top += 1
+        elif code == ONE_MINUS:
+            stack[top - 1] = 1.0 - stack[top - 1]
+        elif code == INVERT:
+            stack[top - 1] = 1.0 / stack[top - 1]
+        elif code == SQUARE:
+            stack[top - 1] = stack[top - 1] * stack[top - 1]
+        else:
+            b = stack[top - 1]
+            a = stack[top - 2]
+            top -= 1
+            if code == ADD:
+                stack[top - 1] = a + b
+            elif code == SUBTRACT:
+                stack[top - 1] = a - b
+            elif code == MULTIPLY:
+                stack[top - 1] = a * b
+            elif code == DIVIDE:
+                if abs(b) <= FLOAT32_TINY:
+                    stack[top - 1] = -FLOAT32_MAX if a * b < 0 else FLOAT32_MAX
+                else:
+                    stack[top - 1] = a / b
+            elif code == STEP:
+                stack[top - 1] = 0.0 if a < b else 1.0
+    return stack[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _push(heap_score, heap_edge, size, score, edge):
+    """Push onto the binary heap held in the arrays (grown by the caller); returns the new size."""
+    i = size
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap_score[parent] <= score:
+            break
+        heap_score[i] = heap_score[parent]
+        heap_edge[i] = heap_edge[parent]
+        i = parent
+    heap_score[i] = score
+    heap_edge[i] = edge
+    return size + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _pop(heap_score, heap_edge, size):
+    """Remove the top (read it before); returns the new size."""
+    size -= 1
+    score, edge = heap_score[size], heap_edge[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and heap_score[child + 1] < heap_score[child]:
+            child += 1
+        if heap_score[child] >= score:
+            break
+        heap_score[i] = heap_score[child]
+        heap_edge[i] = heap_edge[child]
+        i = child
+    if size > 0:
+        heap_score[i] = score
+        heap_edge[i] = edge
+    return size
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, next_element):
+    maximum[into] = max(maximum[into], maximum[e])
+    minimum[into] = min(minimum[into], minimum[e])
+    total[into] += total[e]
+    area[into] += area[e]
+    forced[into] = forced[into] or forced[e]
+    if length[e] > 0:
+        if length[into] > 0:
+            next_element[tail[into]] = head[e]
+        else:
+            head[into] = head[e]
+        tail[into] = tail[e]
+        length[into] += length[e]
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, length, next_element, value,
+                frozen, codes, parameters, threshold, scratch_size, bins):
+    """The loop itself; ``ends`` (E, 2) are updated to roots as regions merge. Returns the merges
+    (the smallest node of each region, and the score), each node's parent (roots point at
+    themselves), each root's smallest node and highest merge score, and the edges still alive."""
+    edges = ends.shape[0]
+    parent = np.arange(nodes)
+    smallest = np.arange(nodes)
+    complete_at = np.full(nodes, -np.inf)
+    list_head = np.full(nodes, -1, dtype=np.int64)
+    list_tail = np.full(nodes, -1, dtype=np.int64)
+    list_length = np.zeros(nodes, dtype=np.int64)
+    next_half = np.full(2 * edges, -1, dtype=np.int64)
+    alive = np.ones(edges, dtype=np.bool_)
+    deferred = np.zeros(edges, dtype=np.bool_)
+    score = np.empty(edges)
+    index = Dict.empty(key_type=types.int64, value_type=types.int64)
+    stack = np.empty(len(codes) + 1)
+    counts = np.zeros(max(bins, 1), dtype=np.int64)
+    scratch = np.empty(scratch_size)
+
+    for e in range(edges):
+        a, b = ends[e, 0], ends[e, 1]
+        key = min(a, b) * nodes + max(a, b)
+        if key in index:
+            _fold(index[key], e, maximum, minimum, total, area, forced, head, tail, length, next_element)
+            alive[e] = False
+            continue
+        index[key] = e
+        for side in range(2):
+            node, half = ends[e, side], 2 * e + side
+            if list_length[node] == 0:
+                list_head[node] = half
+            else:
+                next_half[list_tail[node]] = half
+            list_tail[node] = half
+            list_length[node] += 1
+
+    heap_score = np.empty(edges + 16)
+    heap_edge = np.empty(edges + 16, dtype=np.int64)
+    size = 0
+    for e in range(edges):
+        if alive[e]:
+            score[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
+            size = _push(heap_score, heap_edge, size, score[e], e)
+
+    kept_out = np.empty(16, dtype=np.int64)
+    merged_out = np.empty(16, dtype=np.int64)
+    score_out = np.empty(16)
+    merges = 0
+    while size > 0:
+        s, e = heap_score[0], heap_edge[0]
+        if s >= threshold:
+            break
+        size = _pop(heap_score, heap_edge, size)
+        if not alive[e] or deferred[e] or s != score[e]:
+            continue
+        a, b = ends[e, 0], ends[e, 1]
+        if frozen[a] or frozen[b]:
+            deferred[e] = True
+            frozen[a] = True
+            frozen[b] = True
+            continue
+        if merges == len(kept_out):
+            kept_out = np.concatenate((kept_out, np.empty(merges, dtype=np.int64)))
+            merged_out = np.concatenate((merged_out, np.empty(merges, dtype=np.int64)))
+            score_out = np.concatenate((score_out, np.empty(merges)))
+        kept_out[merges], merged_out[merges], score_out[merges] = smallest[a], smallest[b], s
+        merges += 1
+        big, small = (a, b) if list_length[a] >= list_length[b] else (b, a)
+        alive[e] = False
+        del index[min(a, b) * nodes + max(a, b)]
+        half = list_head[small]
+        while half >= 0:
+            moving = half >> 1
+            if alive[moving]:
+                side = half & 1
+                other = ends[moving, 1 - side]
+                del index[min(small, other) * nodes + max(small, other)]
+                key = min(big, other) * nodes + max(big, other)
+                ends[moving, side] = big
+                if key in index:
+                    existing = index[key]
+                    _fold(existing, moving, maximum, minimum, total, area, forced, head, tail, length, next_element)
+                    alive[moving] = False
+                    new = _score(existing, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
+                    if new != score[existing]:
+                        score[existing] = new
+                        if size == len(heap_score):
+                            heap_score = np.concatenate((heap_score, np.empty(size)))
+                            heap_edge = np.concatenate((heap_edge, np.empty(size, dtype=np.int64)))
+                        size = _push(heap_score, heap_edge, size, new, existing)
+                else:
+                    index[key] = moving
+            half = next_half[half]
+        if list_length[small] > 0:
+            if list_length[big] > 0:
+                next_half[list_tail[big]] = list_head[small]
+            else:
+                list_head[big] = list_head[small]
+            list_tail[big] = list_tail[small]
+            list_length[big] += list_length[small]
+        parent[small] = big
+        smallest[big] = min(smallest[a], smallest[b])
+        complete_at[big] = max(max(complete_at[a], complete_at[b]), s)
+
+    return kept_out[:merges], merged_out[:merges], score_out[:merges], parent, smallest, complete_at, alive
+
+
+@numba.njit(cache=True, nogil=True)
+def _roots(parent):
+    root = parent.copy()
+    for i in range(len(root)):
+        r = i
+        while root[r] != r:
+            r = root[r]
+        j = i
+        while root[j] != r:
+            following = root[j]
+            root[j] = r
+            j = following
+    return root
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_maxima(edges, head, next_element, value, length):
+    offsets = np.zeros(len(edges) + 1, dtype=np.int64)
+    for i in range(len(edges)):
+        offsets[i + 1] = offsets[i] + length[edges[i]]
+    out = np.empty(offsets[-1], dtype=value.dtype)
+    for i in range(len(edges)):
+        element, j = head[edges[i]], offsets[i]
+        while element >= 0:
+            out[j] = value[element]
+            j += 1
+            element = next_element[element]
+    return out, offsets
+
+
+def _maxima(graph: Graph, program: Program) -> tuple[np.ndarray, np.ndarray]:
+    """The pair maxima of every edge, and how many each has (none where no quantile is scored)."""
+    if not program.uses_maxima:
+        return np.zeros(0, dtype=np.float32), np.zeros(len(graph.u), dtype=np.int64)
+    if graph.maxima is None:
+        return graph.maximum.astype(np.float32), np.ones(len(graph.u), dtype=np.int64)
+    return graph.maxima.astype(np.float32), np.diff(graph.maxima_offsets).astype(np.int64)
+
+
+def _chained(lengths: np.ndarray, count: int) -> np.ndarray:
+    """Each element's successor in its edge's list (stored one edge after another), -1 at the end."""
+    next_element = np.arange(1, count + 1, dtype=np.int64)
+    ends = np.cumsum(lengths)[lengths > 0] - 1
+    next_element[ends] = -1
+    return next_element
+
+
+def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray | None = None) -> Merged:
+    """Merge ``graph`` in increasing score order until the lowest score left reaches
+    ``threshold``; regions marked ``frozen`` never merge (see the module's docstring)."""
+    edges = len(graph.u)
+    ends = np.stack([graph.u, graph.v], axis=1).astype(np.int64)
+    maximum, minimum = graph.maximum.astype(np.float64), graph.minimum.astype(np.float64)
+    total, area = graph.total.astype(np.float64), graph.area.astype(np.float64)
+    forced = graph.forced.astype(np.bool_)
+    value, lengths = _maxima(graph, program)
+    head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1)
+    tail = np.where(lengths > 0, head + lengths - 1, -1)
+    next_element = _chained(lengths, len(value))
+    frozen = np.zeros(graph.nodes, dtype=np.bool_) if frozen is None else frozen.astype(np.bool_).copy()
+    kept, merged, scores, parent, smallest, complete_at, alive = _merge_loop(
+        graph.nodes, ends, maximum, minimum, total, area, forced, head, tail, lengths, next_element, value,
+        frozen, program.codes, program.parameters, float(threshold), max(len(value), 1), program.bins,
+    )
+    root = _roots(parent)
+    both_frozen = alive & frozen[ends[:, 0]] & frozen[ends[:, 1]]
+    kept_edges = np.flatnonzero(both_frozen)
+    maxima, offsets = (_gather_maxima(kept_edges, head, next_element, value, lengths) if program.uses_maxima else (None, None))
+    deferred = Graph(
+        graph.nodes, ends[kept_edges, 0], ends[kept_edges, 1], maximum[kept_edges], minimum[kept_edges],
+        total[kept_edges], area[kept_edges], forced[kept_edges], maxima, offsets,
+    )
+    return Merged(kept, merged, scores, root, smallest, frozen, complete_at, deferred)
+
+
+@numba.njit(cache=True, nogil=True)
+def _score_all(codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, bins, scratch_size):
+    stack = np.empty(len(codes) + 1)
+    counts = np.zeros(max(bins, 1), dtype=np.int64)
+    scratch = np.empty(scratch_size)
+    scores = np.empty(len(maximum))
+    for e in range(len(maximum)):
+        scores[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
+    return scores
+
+
+def score_edges(graph: Graph, program: Program) -> np.ndarray:
+    """Every edge's score, as the merge loop takes it: to check a merge history against."""
+    value, lengths = _maxima(graph, program)
+    head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1)
+    next_element = _chained(lengths, len(value))
+    return _score_all(
+        program.codes, program.parameters, graph.maximum.astype(np.float64), graph.minimum.astype(np.float64),
+        graph.total.astype(np.float64), graph.area.astype(np.float64), graph.forced.astype(np.bool_), head, lengths,
+        next_element, value, program.bins, max(len(value), 1),
+    )
