@@ -189,12 +189,48 @@ class SegmentConfig(StrictModel):
         return self
 
 
+class MeshesConfig(StrictModel):
+    """Meshes of one segmentation, made block by block with zmesh and joined per segment. The
+    section's presence turns the stage on."""
+
+    threshold: float | None = None
+    """The segmentation to mesh; default: ``evaluate.chosen_threshold``, else the middle threshold."""
+    reduction_factor: float = Field(10.0, ge=0.0)
+    """zmesh's simplification: aim for this many times fewer triangles (0: none)."""
+    max_error: float = Field(40.0, gt=0.0)
+    """nm a simplified vertex may move; block faces are never moved, so pieces still join."""
+
+
+class TeasarConfig(StrictModel):
+    """kimimaro's skeletonisation parameters, and the clean-up of the joined skeletons."""
+
+    scale: float = Field(1.5, gt=0.0)
+    const: float = Field(300.0, ge=0.0)
+    """TEASAR's invalidation ball: radius ``scale * distance to boundary + const`` (nm)."""
+    dust_threshold: float = Field(1000.0, ge=0.0)
+    """Joined skeletons' pieces shorter than this (nm of cable) are dropped."""
+    tick_threshold: float = Field(1000.0, ge=0.0)
+    """Joined skeletons' side branches shorter than this (nm) are dropped."""
+
+
+class SkeletonsConfig(TeasarConfig):
+    """Skeletons of one segmentation, made block by block with kimimaro and joined per segment.
+    The section's presence turns the stage on."""
+
+    threshold: float | None = None
+    """The segmentation to skeletonise; default as for ``meshes``."""
+
+
 class EvaluateConfig(StrictModel):
     ignore_background: bool = True
     chosen_threshold: float | None = None
     """The threshold chosen on a validation crop (a trained model records its own as
     ``best.threshold``): the report's figure is this threshold's scores. The crop's own best
     threshold is reported beside it, labelled as picked on the crop itself."""
+    erl: bool = True
+    """Score expected run length on skeletons of the ground truth (made with kimimaro, chunk by
+    chunk, with these parameters)."""
+    ground_truth_skeletons: TeasarConfig = Field(default_factory=TeasarConfig)
 
 
 class RunConfig(StrictModel):
@@ -208,13 +244,27 @@ class RunConfig(StrictModel):
     fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    meshes: MeshesConfig | None = None
+    skeletons: SkeletonsConfig | None = None
 
     @model_validator(mode="after")
     def _chosen_threshold_is_segmented(self) -> "RunConfig":
-        chosen = self.evaluate.chosen_threshold
-        if chosen is not None and chosen not in self.segment.thresholds:
-            raise ValueError(f"evaluate.chosen_threshold {chosen} is not one of segment.thresholds {self.segment.thresholds}")
+        for key, chosen in (
+            ("evaluate.chosen_threshold", self.evaluate.chosen_threshold),
+            ("meshes.threshold", self.meshes and self.meshes.threshold),
+            ("skeletons.threshold", self.skeletons and self.skeletons.threshold),
+        ):
+            if chosen is not None and chosen not in self.segment.thresholds:
+                raise ValueError(f"{key} {chosen} is not one of segment.thresholds {self.segment.thresholds}")
         return self
+
+    def neuron_threshold(self, section: MeshesConfig | SkeletonsConfig) -> float:
+        """The segmentation meshes and skeletons are made of (see ``MeshesConfig.threshold``)."""
+        if section.threshold is not None:
+            return section.threshold
+        if self.evaluate.chosen_threshold is not None:
+            return self.evaluate.chosen_threshold
+        return self.segment.thresholds[len(self.segment.thresholds) // 2]
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections: a task's done records live under it, so changing

@@ -297,6 +297,18 @@ def lookup_path(config: RunConfig, threshold: float) -> Path:
     return lookup_dir(config) / f"threshold_{threshold:.4f}.npy"
 
 
+def neurons_dir(config: RunConfig, threshold: float) -> Path:
+    """The joined meshes (``mesh/``) and skeletons (``skeletons/``) of the segmentation at
+    ``threshold``, one file per segment in neuroglancer's precomputed format."""
+    return config.work_dir / "neurons" / config.segment.scoring_function / f"threshold_{threshold:.4f}"
+
+
+def pieces_dir(work_dir: Path, task_id: str) -> Path:
+    """A meshes or skeletons task's pieces, one file per block and group of segments, read by
+    its join: under the task id, so pieces of another segmentation are never joined."""
+    return Path(work_dir) / "pieces" / task_id
+
+
 def union_find_path(config: RunConfig) -> Path:
     """The segment stage's working file, removed when the lookup tables are written."""
     return lookup_dir(config) / "union_find.npy"

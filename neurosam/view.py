@@ -193,16 +193,18 @@ def plot_segmentation_slice(
 
 
 def plot_scores_vs_threshold(per_threshold: dict[float, dict], path: str | os.PathLike):
-    """VOI split / merge / total and adapted Rand error against the agglomeration threshold;
-    returns the figure, so what it shows can be checked."""
+    """VOI split / merge / total, adapted Rand error and, where scored, expected run length (with
+    its merges and splits) against the agglomeration threshold; returns the figure, so what it
+    shows can be checked."""
     from matplotlib.figure import Figure
 
     if not per_threshold:
         raise ValueError("no thresholds to plot")
     thresholds = sorted(per_threshold, key=float)
     x = [float(t) for t in thresholds]
-    figure = Figure(figsize=(11, 4.5))
-    voi_axis, rand_axis = figure.subplots(1, 2)
+    with_erl = all("erl" in per_threshold[t] for t in thresholds)
+    figure = Figure(figsize=(16 if with_erl else 11, 4.5))
+    voi_axis, rand_axis, *erl_axis = figure.subplots(1, 3 if with_erl else 2)
     for key, style in (("voi_split", "--"), ("voi_merge", ":"), ("voi", "-")):
         voi_axis.plot(x, [per_threshold[t][key] for t in thresholds], style, marker="o", label=key)
     best = min(thresholds, key=lambda t: per_threshold[t]["voi"])
@@ -214,6 +216,15 @@ def plot_scores_vs_threshold(per_threshold: dict[float, dict], path: str | os.Pa
     rand_axis.set_title("adapted Rand error")
     rand_axis.set_xlabel("threshold")
     rand_axis.set_ylim(bottom=0)
+    if with_erl:
+        erl = [per_threshold[t]["erl"] / 1000 for t in thresholds]
+        erl_axis[0].plot(x, erl, marker="o", color="C2")
+        for t, value in zip(thresholds, erl):
+            scores = per_threshold[t]
+            erl_axis[0].annotate(f"{scores['erl_merges']}m {scores['erl_splits']}s", (float(t), value), fontsize=8)
+        erl_axis[0].set_title("ERL (um), merges m / splits s")
+        erl_axis[0].set_xlabel("threshold")
+        erl_axis[0].set_ylim(bottom=0)
     figure.tight_layout()
     figure.savefig(path)
     return figure

@@ -9,10 +9,13 @@ config section named after it, if it has parameters).
 from __future__ import annotations
 
 from neurosam.config import RunConfig
-from neurosam.stages import contacts, evaluate, fragments, predict, relabel, segment
+from neurosam.stages import contacts, evaluate, fragments, meshes, predict, relabel, segment, skeletons
 from neurosam.stages.stage import Stage
 
-STAGES: list[Stage] = [predict.STAGE, fragments.STAGE, contacts.STAGE, segment.STAGE, relabel.STAGE, evaluate.STAGE]
+STAGES: list[Stage] = [
+    predict.STAGE, fragments.STAGE, contacts.STAGE, segment.STAGE, relabel.STAGE,
+    meshes.STAGE, meshes.JOIN_STAGE, skeletons.STAGE, skeletons.JOIN_STAGE, evaluate.STAGE,
+]
 
 
 def register(stage: Stage, after: str | None = None) -> None:

@@ -5,6 +5,10 @@ ground-truth) voxel counts, summed block by block, gives every threshold's conti
 through segment's lookup: the fragments and the ground truth are read once, whatever the number
 of thresholds, and a whole-brain ground truth is never held at once. The picture is one section
 of the raw with the best threshold's segments over it.
+
+Expected run length is scored on skeletons of the ground truth, made chunk by chunk with the
+skeletons stage's own functions and joined per neuron: each skeleton node's fragment, read once,
+gives its segment at every threshold through the same lookup.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from neurosam.graph.erl import SkeletonGraph, run_length_scores
 from neurosam.graph.metrics import Contingency, contingency, scores_from_contingency, sum_contingencies
 from neurosam.layout import RunPlan, StoredArray, WorkerSetup, evaluation_path, evaluation_pictures, segmentation_role
+from neurosam.stages.pieces import upper_overlap
 from neurosam.stages.relabel import segment_ids
+from neurosam.stages.skeletons import join_skeleton, skeletonise
 from neurosam.stages.stage import Stage, check_input, whole_volume
 from neurosam.view import plot_scores_vs_threshold, plot_segmentation_slice
 
@@ -78,6 +85,38 @@ def write_report(results: dict, path: str | os.PathLike) -> None:
 
 
 
+def ground_truth_skeletons(plan: RunPlan) -> SkeletonGraph:
+    """One connected skeleton per ground-truth neuron, positions in nm (z y x)."""
+    params = plan.config.evaluate.ground_truth_skeletons
+    ground_truth = plan.arrays["ground_truth"]
+    pieces: dict[int, list] = {}
+    for chunk in _chunks(plan.volume_roi, plan.block_size):
+        roi = upper_overlap(chunk, plan.voxel_size).intersect(plan.volume_roi)
+        for neuron, piece in skeletonise(ground_truth.read(roi), roi.offset, plan.voxel_size, params).items():
+            pieces.setdefault(neuron, []).append(piece)
+    skeletons = {}
+    for neuron, parts in pieces.items():
+        skeleton = join_skeleton(neuron, parts, params)
+        skeletons[neuron] = (skeleton.vertices[:, ::-1], skeleton.edges)
+    return SkeletonGraph.join(skeletons)
+
+
+def values_at(array: StoredArray, positions: np.ndarray, roi: Roi, chunk: Coordinate) -> np.ndarray:
+    """The array's voxels at ``positions`` (nm, z y x, inside ``roi``), read ``chunk`` at a time."""
+    voxel_size = np.array(array.voxel_size)
+    voxels = np.floor((positions - np.array(roi.offset)) / voxel_size + 0.5).astype(np.int64)
+    voxels = np.clip(voxels, 0, np.array(roi.shape) // voxel_size - 1)
+    chunk_voxels = np.array(chunk) // voxel_size
+    values = np.zeros(len(positions), dtype=np.uint64)
+    owners, inverse = np.unique(voxels // chunk_voxels, axis=0, return_inverse=True)
+    for index, owner in enumerate(owners):
+        here = np.flatnonzero(inverse.ravel() == index)
+        block = Roi(roi.offset + Coordinate(owner * chunk_voxels * voxel_size), chunk).intersect(roi)
+        local = voxels[here] - owner * chunk_voxels
+        values[here] = array.read(block)[tuple(local.T)]
+    return values
+
+
 def middle_section(roi: Roi, voxel_size: Coordinate) -> Roi:
     z = roi.offset[0] + (roi.shape[0] // voxel_size[0] // 2) * voxel_size[0]
     return Roi((z, *roi.offset[1:]), (voxel_size[0], *roi.shape[1:]))
@@ -93,6 +132,14 @@ def evaluate_run(plan: RunPlan) -> dict:
         f"{threshold:.4f}": threshold_scores(table, segment_ids(config, table.segment_ids, threshold)) for threshold in thresholds
     }
     best = min(per_threshold, key=lambda t: per_threshold[t]["voi"])
+    run_length = {}
+    if config.evaluate.erl:
+        skeletons = ground_truth_skeletons(plan)
+        fragments = values_at(plan.arrays["fragments"], skeletons.positions, plan.volume_roi, plan.block_size)
+        for threshold in thresholds:
+            scores = run_length_scores(skeletons, segment_ids(config, fragments, threshold))
+            per_threshold[f"{threshold:.4f}"].update(erl=scores["erl"], erl_merges=scores["merges"], erl_splits=scores["splits"])
+        run_length = {"skeletons": int(len(np.unique(skeletons.skeleton_ids))), "length": scores["skeleton_length"], "erl_max": scores["erl_max"]}
     report = {
         "scoring_function": config.segment.scoring_function,
         "ground_truth": config.datasets.ground_truth,
@@ -100,6 +147,8 @@ def evaluate_run(plan: RunPlan) -> dict:
         "chosen_threshold": None if config.evaluate.chosen_threshold is None else f"{config.evaluate.chosen_threshold:.4f}",
         "thresholds": per_threshold,
     }
+    if run_length:
+        report["ground_truth_skeletons"] = run_length
     segmentation_picture, scores_picture = evaluation_pictures(config.work_dir)
     write_report(report, evaluation_path(config.work_dir))
     plot_scores_vs_threshold({float(t): s for t, s in per_threshold.items()}, scores_picture)
@@ -109,7 +158,8 @@ def evaluate_run(plan: RunPlan) -> dict:
             plan.arrays["raw"].read(section),
             plan.arrays[segmentation_role(float(best))].read(section),
             segmentation_picture,
-            title=f"threshold {best}: VOI {per_threshold[best]['voi']:.3f}",
+            title=f"threshold {best}: VOI {per_threshold[best]['voi']:.3f}"
+            + (f", ERL {per_threshold[best]['erl'] / 1000:.2f} um" if run_length else ""),
         )
     return report
 

@@ -1,0 +1,91 @@
+"""What meshes and skeletons share: blocks read with one voxel around them, each block's pieces
+of every segment stored by group of segments, and a join that reads one group at a time.
+
+A block's pieces go to one file per group (``segment id % groups``, one group per block of the
+grid), so the join holds one group's pieces at a time, whatever the volume: its memory follows
+the largest group's meshes or skeletons, not the whole volume's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from neurosam.layout import RunPlan
+from neurosam.stages.stage import Layout, blocks_with_context, whole_volume
+
+Piece = dict[str, np.ndarray]
+"""One segment's piece from one block: named arrays (``vertices``, ``faces`` or ``edges``, ...)."""
+
+
+def one_voxel_around(plan: RunPlan) -> Layout:
+    """Blocks read with one voxel of context: neighbouring blocks share the voxels of their common
+    face, so meshes and skeletons meet there exactly."""
+    return blocks_with_context(plan.block_size, plan.voxel_size, plan.volume_roi)
+
+
+join_layout = whole_volume
+
+
+def group_count(plan: RunPlan) -> int:
+    return int(np.prod([-(-size // block) for size, block in zip(plan.volume_roi.shape, plan.block_size)]))
+
+
+def upper_overlap(write_roi: Roi, voxel_size: Coordinate) -> Roi:
+    """The write ROI and the first voxel layer of each upper neighbour."""
+    return Roi(write_roi.offset, write_roi.shape + voxel_size)
+
+
+def save_pieces(directory: Path, block_id: int, pieces: dict[int, Piece], groups: int) -> None:
+    """Each group's pieces of the block to ``directory/<group>/<block id>.npz``, written whole
+    or not at all (rewriting a block replaces its files)."""
+    by_group: dict[int, dict[int, Piece]] = {}
+    for segment, piece in pieces.items():
+        by_group.setdefault(segment % groups, {})[segment] = piece
+    for group, members in by_group.items():
+        path = directory / str(group) / f"{block_id}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ids = np.fromiter(members, dtype=np.uint64, count=len(members))
+        arrays = {"ids": ids}
+        for name in next(iter(members.values())):
+            parts = [members[int(i)][name] for i in ids]
+            arrays[name] = np.concatenate(parts)
+            arrays[f"{name}_counts"] = np.array([len(part) for part in parts], dtype=np.int64)
+        partial = path.with_name(f"{block_id}.partial.npz")
+        np.savez(partial, **arrays)
+        os.replace(partial, path)
+
+
+def group_pieces(group_dir: Path) -> dict[int, list[Piece]]:
+    """Every segment's pieces in one group, by segment id."""
+    segments: dict[int, list[Piece]] = {}
+    for path in sorted(group_dir.glob("*.npz")):
+        if path.name.endswith(".partial.npz"):
+            continue
+        with np.load(path) as stored:
+            names = [name for name in stored.files if name != "ids" and not name.endswith("_counts")]
+            split = {name: np.split(stored[name], np.cumsum(stored[f"{name}_counts"])[:-1]) for name in names}
+            for index, segment in enumerate(stored["ids"].tolist()):
+                segments.setdefault(segment, []).append({name: split[name][index] for name in names})
+    return segments
+
+
+def join_all(directory: Path, out_dir: Path, join: Callable[[int, list[Piece]], Iterator[tuple[str, bytes]]], info: dict) -> None:
+    """Join every segment's pieces, group by group, into files of ``out_dir`` (``join`` yields
+    name and bytes), written beside it and swapped in whole, so a rerun leaves no stale segment."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "info").write_text(json.dumps(info))
+    for group_dir in sorted(directory.iterdir()) if directory.exists() else []:
+        for segment, pieces in group_pieces(group_dir).items():
+            for name, data in join(segment, pieces):
+                (partial / name).write_bytes(data)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.replace(out_dir)

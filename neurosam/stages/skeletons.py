@@ -1,0 +1,115 @@
+"""Skeletons: kimimaro (TEASAR) on each block of one segmentation, joined into one connected
+skeleton per segment.
+
+Each block is skeletonised with the first voxel layer of its upper neighbours; kimimaro's
+``fix_borders`` puts an end point of every segment that crosses a block face at the centre of
+its cross-section there, which both blocks compute alike, so the pieces share those vertices.
+The join merges shared vertices and lets kimimaro connect what is still apart, drop dust and
+trim ticks. Vertices are in nm, x y z, as neuroglancer's precomputed skeletons have them.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+from funlib.geometry import Coordinate
+
+from neurosam.config import TeasarConfig
+from neurosam.layout import RunPlan, WorkerSetup, neurons_dir, pieces_dir, segmentation_role
+from neurosam.stages.pieces import Piece, group_count, join_all, join_layout, one_voxel_around, save_pieces, upper_overlap
+from neurosam.stages.stage import Stage
+
+SKELETON_INFO = {
+    "@type": "neuroglancer_skeletons",
+    "transform": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
+    "vertex_attributes": [
+        {"id": "radius", "data_type": "float32", "num_components": 1},
+        {"id": "vertex_types", "data_type": "uint8", "num_components": 1},
+    ],
+}
+
+
+def skeletonise(labels: np.ndarray, origin: Coordinate, voxel_size: Coordinate, params: TeasarConfig) -> dict[int, Piece]:
+    """Pieces of every segment of ``labels`` (z y x, first voxel at ``origin`` nm)."""
+    import kimimaro
+
+    skeletons = kimimaro.skeletonize(
+        np.asfortranarray(labels.T),
+        teasar_params={"scale": params.scale, "const": params.const},
+        anisotropy=tuple(voxel_size[::-1]),
+        dust_threshold=0,
+        fix_borders=True,
+        progress=False,
+        parallel=1,
+    )
+    shift = np.array(origin[::-1], dtype=np.float32)
+    return {
+        int(segment): {
+            "vertices": skeleton.vertices.astype(np.float32) + shift,
+            "edges": skeleton.edges.astype(np.uint32),
+            "radii": skeleton.radii.astype(np.float32),
+        }
+        for segment, skeleton in skeletons.items()
+    }
+
+
+def join_skeleton(segment: int, pieces: list[Piece], params: TeasarConfig):
+    """One connected ``osteoid.Skeleton`` of a segment's pieces."""
+    import kimimaro
+    from osteoid import Skeleton
+
+    parts = [Skeleton(piece["vertices"], piece["edges"], radii=piece["radii"], segid=segment, space="physical") for piece in pieces]
+    joined = Skeleton.simple_merge(parts).consolidate()
+    joined = kimimaro.postprocess(joined, dust_threshold=params.dust_threshold, tick_threshold=params.tick_threshold)
+    joined.id = segment
+    return joined
+
+
+def skeleton_threshold(plan: RunPlan) -> float:
+    return plan.config.neuron_threshold(plan.config.skeletons)
+
+
+@contextmanager
+def skeleton_blocks(setup: WorkerSetup):
+    plan, settings = setup.plan, setup.settings
+    segmentation = plan.arrays[segmentation_role(skeleton_threshold(plan))]
+    out, groups = pieces_dir(plan.work_dir, setup.task.task_id), group_count(plan)
+
+    def process(block) -> None:
+        roi = upper_overlap(block.write_roi, plan.voxel_size)
+        pieces = skeletonise(segmentation.read(roi), roi.offset, plan.voxel_size, settings)
+        save_pieces(out, block.block_id[1], pieces, groups)
+
+    yield process
+
+
+@contextmanager
+def join_skeleton_blocks(setup: WorkerSetup):
+    plan = setup.plan
+    settings = plan.config.skeletons
+    pieces = pieces_dir(plan.work_dir, plan.task_of_stage("skeletons").task_id)
+
+    def join(segment: int, parts: list[Piece]):
+        skeleton = join_skeleton(segment, parts, settings)
+        if len(skeleton.vertices):
+            yield str(segment), skeleton.to_precomputed()
+
+    yield lambda block: join_all(pieces, skeletons_dir(plan), join, SKELETON_INFO)
+
+
+def skeletons_dir(plan: RunPlan):
+    return neurons_dir(plan.config, skeleton_threshold(plan)) / "skeletons"
+
+
+def _enabled(config) -> bool:
+    return config.skeletons is not None
+
+
+STAGE = Stage(
+    "skeletons", "neurosam.stages.skeletons:skeleton_blocks", one_voxel_around, sections=("skeletons",), enabled=_enabled,
+)
+JOIN_STAGE = Stage(
+    "skeletons_join", "neurosam.stages.skeletons:join_skeleton_blocks", join_layout, sections=("skeletons",),
+    enabled=_enabled, work_files=lambda plan: [skeletons_dir(plan) / "info"],
+)
