@@ -31,7 +31,6 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam.affinities import NEAREST_OFFSETS, boundary_to_affinities, store_affinities
 from neurosam.config import load_config
-from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.graph.metrics import evaluate
 from neurosam.io.volumes import create_array, open_array
 from neurosam.layout import segmentation_path
@@ -128,7 +127,7 @@ def run(work_dir: Path, inputs: dict, block_voxels: int | None) -> tuple[dict[fl
         array = open_array(segmentation_path(loaded, threshold))
         segmentations[threshold] = array[array.roi]
     with open_rag(loaded.rag.url) as rag:
-        return segmentations, sum(len(u) for u, _, _ in rag.iter_edges(EDGE_STATISTICS[0], 1_000_000))
+        return segmentations, rag.edge_count()
 
 
 def main() -> None:

@@ -1,11 +1,13 @@
-"""What the design does at a petavoxel, from one measured run: the RAG's rows and bytes per voxel,
-the database writes per block, the global step's time and memory per edge, and what the
+"""What the design does at a petavoxel, from one measured run: the RAG's bytes per voxel in
+SQLite and in PostgreSQL, against issue 19's target of 0.5, the database writes per block, the global step's time and memory per edge, and what the
 scheduler holds per block (the growth of its peak memory between B^3 and (B/2)^3 blocks, per
 block more); each scaled to 10^15 voxels.
 
 The run: the medulla FIB-SEM volume mirrored to N^3 voxels with the noisy affinities of
 benchmarks/postprocess_throughput.py (hundreds of fragments per neuron, as predicted affinities
-give), blocks of B^3 voxels at the default context, 2 local workers, SQLite.
+give), blocks of B^3 voxels at the default context, 2 local workers, SQLite; the B^3 run once more
+into PostgreSQL (``--postgres-url``, else the server scripts/start_postgres.sh starts), in a
+schema of its own that is dropped after.
 
     python benchmarks/scale_figures.py --size 256 --block 64
 """
@@ -15,22 +17,24 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import subprocess
 import tempfile
 import time
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import psycopg
 import yaml
-from funlib.geometry import Coordinate
 
 from neurosam.config import load_config
-from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.pipeline.run import run_pipeline
 from neurosam.rag import open_rag
 
 REPO = Path(__file__).resolve().parents[1]
 PETAVOXEL = 10**15
+RAG_BYTES_PER_VOXEL_TARGET = 0.5
 
 
 def _postprocess_benchmark():
@@ -71,11 +75,43 @@ def segment_figures(config_path: Path) -> dict:
         return {"seconds": time.perf_counter() - start, "peak_growth": peak_bytes() - before}
 
 
+def postgres_server_url(given: str | None) -> str:
+    if given:
+        return given
+    started = subprocess.run(["bash", str(REPO / "scripts" / "start_postgres.sh")], capture_output=True, text=True, check=True)
+    return started.stdout.strip().splitlines()[-1]
+
+
+def postgres_rag_bytes(server_url: str, config_path: Path) -> int:
+    """Run the pipeline into a fresh schema; the bytes of its tables, their indexes and TOAST."""
+    schema = f"neurosam_scale_{uuid.uuid4().hex[:12]}"
+    config = yaml.safe_load(config_path.read_text())
+    separator = "&" if "?" in server_url else "?"
+    config["rag"] = {"url": f"{server_url}{separator}options=-csearch_path%3D{schema}"}
+    config_path.write_text(yaml.safe_dump(config))
+    with psycopg.connect(server_url, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+        try:
+            in_fresh_process(run_figures, config_path)
+            return connection.execute(
+                "SELECT sum(pg_total_relation_size(format('%%I.%%I', schemaname, tablename)::regclass)) FROM pg_tables WHERE schemaname = %s",
+                (schema,),
+            ).fetchone()[0]
+        finally:
+            connection.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def verdict(bytes_per_voxel: float) -> str:
+    return "MET" if bytes_per_voxel <= RAG_BYTES_PER_VOXEL_TARGET else "MISSED"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="volume edge in voxels")
     parser.add_argument("--block", type=int, default=64, help="block edge in voxels")
+    parser.add_argument("--postgres-url", help="a PostgreSQL server to measure the RAG in (default: scripts/start_postgres.sh's)")
     args = parser.parse_args()
+    server_url = postgres_server_url(args.postgres_url)
     throughput = _postprocess_benchmark()
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -98,32 +134,36 @@ def main() -> None:
         database = Path(loaded.rag.url.removeprefix("sqlite:///"))
         with open_rag(loaded.rag.url) as rag:
             nodes = len(rag.read_nodes()["ids"])
-            edges = sum(len(u) for u, _, _ in rag.iter_edges(EDGE_STATISTICS[0], 1_000_000))
+            edges = rag.edge_count()
         database_bytes = database.stat().st_size
         global_step = in_fresh_process(segment_figures, path)
+        postgres_config = throughput.write_config(root / "postgresql", affinities, args.block, None, voxel_size, 2)
+        postgres_bytes = postgres_rag_bytes(server_url, postgres_config)
 
     voxels = args.size**3
     blocks = summary["tasks"][next(t for t in summary["tasks"] if t.startswith("fragments"))]["blocks"]
-    rows = nodes + edges * len(EDGE_STATISTICS)
     scale = PETAVOXEL / voxels
     figures = {
-        "voxels": voxels, "blocks": blocks, "nodes": nodes, "edges": edges, "rows": rows,
-        "database_bytes": database_bytes, "run_seconds": seconds,
+        "voxels": voxels, "blocks": blocks, "nodes": nodes, "edges": edges,
+        "database_bytes": database_bytes, "postgres_bytes": postgres_bytes, "run_seconds": seconds,
         "segment_seconds": global_step["seconds"], "segment_peak_growth": global_step["peak_growth"],
         "scheduler_peak_growth": growths, "task_blocks": task_blocks, "scheduler_bytes_per_task_block": per_task_block,
     }
     print(f"run: {args.size}^3 voxels, {blocks} blocks of {args.block}^3, {seconds:.1f} s through relabel")
-    print(f"RAG: {nodes:,} nodes, {edges:,} edges ({len(EDGE_STATISTICS)} statistics each): {rows:,} rows, "
-          f"{rows / voxels:.2e} rows and {database_bytes / voxels:.3f} bytes per voxel (SQLite file {database_bytes / 2**20:.1f} MiB)")
-    print(f"database writes per block: {nodes / blocks:.0f} node rows (fragments), {edges * len(EDGE_STATISTICS) / blocks:.0f} "
-          f"edge rows (contacts), each as one upsert statement per stage, and one done record per block and task")
+    print(f"RAG: {nodes:,} nodes, {edges:,} edges, a row per block for each (packed columns): "
+          f"SQLite file {database_bytes / 2**20:.1f} MiB, PostgreSQL tables {postgres_bytes / 2**20:.1f} MiB, "
+          f"{database_bytes / max(edges, 1):.1f} and {postgres_bytes / max(edges, 1):.1f} bytes per edge with the nodes")
+    for database, size in (("SQLite", database_bytes), ("PostgreSQL", postgres_bytes)):
+        print(f"target: RAG at most {RAG_BYTES_PER_VOXEL_TARGET} bytes per voxel, {database}: {size / voxels:.3f} -> {verdict(size / voxels)}")
+    print(f"database writes per block: fragments one node row (~{nodes / blocks:.0f} nodes), contacts one edge row "
+          f"(~{edges / blocks:.0f} edges), each one upsert statement, and one done record per block and task")
     print(f"global step (segment): {global_step['seconds']:.2f} s, peak memory +{global_step['peak_growth'] / 2**20:.0f} MiB: "
           f"{1e6 * global_step['seconds'] / max(edges, 1):.1f} us and {global_step['peak_growth'] / max(edges, 1):.0f} bytes per edge")
     print("scheduler (the run's process, daisy's server in it): peak memory "
           + ", ".join(f"+{growths[b] / 2**20:.0f} MiB for {task_blocks[b]} task blocks ({b}^3)" for b in growths)
           + f": {per_task_block:.0f} bytes per task block more")
     print(f"at 10^15 voxels ({scale:.1e} x): {PETAVOXEL // (args.block ** 3):.1e} blocks of {args.block}^3, "
-          f"{edges * scale:.1e} edges, {rows * scale:.1e} RAG rows, {database_bytes * scale / 2**40:.0f} TiB of RAG, "
+          f"{edges * scale:.1e} edges, {database_bytes * scale / 2**40:.0f} TiB of RAG in SQLite ({postgres_bytes * scale / 2**40:.0f} in PostgreSQL), "
           f"global step {global_step['seconds'] * scale / 3600:.0f} h and {global_step['peak_growth'] * scale / 2**40:.1f} TiB in one process, "
           f"scheduler {per_task_block * 4 * PETAVOXEL / args.block ** 3 / 2**30:.0f} GiB for four block-wise tasks")
     print(json.dumps(figures))

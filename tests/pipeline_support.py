@@ -87,15 +87,14 @@ def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) 
 
 def read_edges(rag, statistics=EDGE_STATISTICS) -> dict[str, np.ndarray]:
     """Every edge through the store's paged reads, sorted by (u, v): ``u``, ``v`` and a column
-    per statistic (NaN where an edge lacks it)."""
-    columns = {
-        name: {(a, b): value for page in rag.iter_edges(name, 10_000) for a, b, value in zip(*(column.tolist() for column in page))}
-        for name in statistics
-    }
-    pairs = sorted(set().union(*columns.values()))
-    edges = {"u": np.array([u for u, _ in pairs], dtype=np.uint64), "v": np.array([v for _, v in pairs], dtype=np.uint64)}
-    for name, values in columns.items():
-        edges[name] = np.array([values.get(pair, np.nan) for pair in pairs], dtype=np.float64)
+    per statistic, at float64."""
+    pages = list(rag.iter_edges(10_000))
+    u = np.concatenate([np.zeros(0, dtype=np.uint64)] + [page.u for page in pages])
+    v = np.concatenate([np.zeros(0, dtype=np.uint64)] + [page.v for page in pages])
+    order = np.lexsort((v, u))
+    edges = {"u": u[order], "v": v[order]}
+    for name in statistics:
+        edges[name] = np.concatenate([np.zeros(0)] + [page.statistics[name] for page in pages]).astype(np.float64)[order]
     return edges
 
 

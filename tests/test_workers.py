@@ -146,8 +146,8 @@ def test_segments_are_connected_components_named_by_smallest_fragment(tmp_path, 
     thresholds = [0.02, 0.4, 0.7]
     config = _config(tmp_path, url, edges_per_page, thresholds)
     with open_rag(url) as rag:
-        rag.write_nodes(ids, np.zeros((len(ids), 3)), np.ones(len(ids), dtype=np.uint64))
-        rag.write_edges(u, v, edge_statistics(scores))
+        rag.write_nodes(0, ids, np.zeros((len(ids), 3)), np.ones(len(ids), dtype=np.uint64))
+        rag.write_edges(0, u, v, edge_statistics(scores))
         find_segments(config, rag)
 
     np.testing.assert_array_equal(np.load(fragment_ids_path(config)), ids)
@@ -206,11 +206,11 @@ def test_segment_memory_grows_with_the_graph_and_no_faster(tmp_path):
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     with open_rag(url) as rag:
-        rag.write_nodes(ids, np.zeros((nodes, 3)), np.ones(nodes, dtype=np.uint64))
+        rag.write_nodes(0, ids, np.zeros((nodes, 3)), np.ones(nodes, dtype=np.uint64))
         u = rng.integers(1, nodes, size=edges).astype(np.uint64)
         v = u + rng.integers(1, 1000, size=edges).astype(np.uint64)
-        keep = v <= nodes
-        rag.write_edges(u[keep], v[keep], edge_statistics(rng.random(keep.sum())))
+        u, v = np.unique(np.stack([u, v])[:, v <= nodes], axis=1)
+        rag.write_edges(0, u, v, edge_statistics(rng.random(len(u))))
         stored = len(read_edges(rag, ["affinity_max"])["u"])
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         before, peak = pool.apply(_segment_peak_growth, (str(config_path),))

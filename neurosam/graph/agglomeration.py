@@ -29,6 +29,12 @@ from neurosam.graph.scoring import ScoringFunctionError, parse_scoring_function
 
 #: What each RAG edge carries: the contact surface's affinity statistics.
 EDGE_STATISTICS = ("affinity_max", "affinity_min", "affinity_sum", "contact_area", "claimed_area")
+#: The dtype each is stored in: the extremes are affinities, float32 as waterz reads them; the
+#: sum adds up to millions of them, beyond float32's exact integers of 1/255; areas count voxels.
+STATISTIC_DTYPES = {
+    "affinity_max": np.float32, "affinity_min": np.float32, "affinity_sum": np.float64,
+    "contact_area": np.uint32, "claimed_area": np.uint32,
+}
 #: What waterz's scoring functions are computed from, in the order _Edge takes them.
 MERGED_STATISTICS = EDGE_STATISTICS[:4]
 
@@ -41,7 +47,7 @@ def contact_statistics(
     is the affinity between p and p minus one step along axis d. ``claimed[d]`` at p, where
     given, marks the pair (p - d, p) as inside one watershed basin (``claimed_area`` counts them).
 
-    Returns pairs (N, 2), sorted, and EDGE_STATISTICS arrays of N each."""
+    Returns pairs (N, 2), sorted, and EDGE_STATISTICS arrays of N each, in STATISTIC_DTYPES."""
     base = np.uint64(labels.max(initial=0)) + np.uint64(1)
     codes, values, inside = [], [], []
     for axis in range(3):
@@ -59,15 +65,15 @@ def contact_statistics(
     unique = codes[starts]
     pairs = np.stack([unique // base, unique % base], axis=1)
     if len(codes) == 0:
-        return pairs.astype(np.uint64), {name: np.zeros(0) for name in EDGE_STATISTICS}
+        return pairs.astype(np.uint64), {name: np.zeros(0, dtype=dtype) for name, dtype in STATISTIC_DTYPES.items()}
     statistics = {
-        "affinity_max": np.maximum.reduceat(values, starts).astype(np.float64),
-        "affinity_min": np.minimum.reduceat(values, starts).astype(np.float64),
+        "affinity_max": np.maximum.reduceat(values, starts),
+        "affinity_min": np.minimum.reduceat(values, starts),
         "affinity_sum": np.add.reduceat(values.astype(np.float64), starts),
-        "contact_area": np.diff(np.append(starts, len(codes))).astype(np.float64),
-        "claimed_area": np.add.reduceat(inside.astype(np.float64), starts),
+        "contact_area": np.diff(np.append(starts, len(codes))),
+        "claimed_area": np.add.reduceat(inside.astype(np.int64), starts),
     }
-    return pairs, statistics
+    return pairs, {name: values.astype(STATISTIC_DTYPES[name]) for name, values in statistics.items()}
 
 
 def join_cut_basins(

@@ -31,7 +31,7 @@ from neurosam.pipeline.plan import plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
 from neurosam.pipeline.stamps import forget_untrusted, input_digests, stamp_fresh_tasks
 from neurosam.pipeline.tasks import block_count, build_pipeline
-from neurosam.rag import open_rag
+from neurosam.rag import RagStore, open_rag
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,14 @@ class SchedulerLog:
             self.disk_full = True
 
 
+def start_graph_afresh(plan: RunPlan, rag: RagStore, done_blocks: dict[str, set[int]]) -> None:
+    """A fragments task about to start from its first block replaces the whole graph: the RAG
+    keeps a row per block, and rows of another block grid or ROI would otherwise stay."""
+    fragments = next((task_id for task_id, task in plan.tasks.items() if task.stage == "fragments"), None)
+    if fragments in done_blocks and not done_blocks[fragments]:
+        rag.delete_graph()
+
+
 def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
     """Task ids in pipeline order, up to and including the stage ``until`` (all by default)."""
     names = [task.stage for task in plan.tasks.values()]
@@ -128,6 +136,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
         prepare_outputs(plan)
         stamp_fresh_tasks(plan, rag, digests)
         done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
+        start_graph_afresh(plan, rag, done_blocks)
     plan_file = str(plan.save())
     log_dir = logs_dir(config.work_dir)
     log_dir.mkdir(parents=True, exist_ok=True)

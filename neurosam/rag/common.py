@@ -1,87 +1,132 @@
-"""What every RAG backend does the same way: checking and converting arrays, ROI bounds, naming.
+"""What every RAG backend does the same way: checking arrays, packing a block's nodes or edges
+into one compressed value, naming.
+
+A block's nodes and a block's edges are each stored as one value: named columns, each array's
+bytes regrouped by significance (all first bytes, then all second bytes, ...) and the whole
+compressed with zstd. Ids are stored as steps from the previous id and ``v`` as ``v - u``, so
+the high bytes are nearly all zero and compress to almost nothing; statistics keep the dtype
+the caller gives them (``contact_statistics`` gives float32 where the affinities are float32,
+integers for counts). On the scale benchmark this takes about 12 bytes an edge, against over
+60 for a row per edge in PostgreSQL (tuple header, line pointer and primary key alone).
 
 Fragment ids are uint64 in the pipeline, but SQLite, PostgreSQL and BSON integers are signed
-64-bit. Ids below 2**63 are the same number as int64, so they are stored as plain integers and the
-database's ordering is the uint64 ordering. Larger ids are refused rather than reinterpreted as
-negative numbers, which would put them first in ascending order. Fragment ids in practice stay far
-below 2**63 (block number times voxels per block).
+64-bit, and ids are refused from 2**63, as before this format, so a RAG's ids stay plain
+integers wherever they are shown. Fragment ids in practice stay far below 2**63 (block number
+times voxels per block).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Iterable
+import struct
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-from funlib.geometry import Roi
-
-from neurosam.io.volumes import AXES
+from numcodecs import Zstd
 
 ID_LIMIT = 2**63
 STATISTIC_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 WRITE_PROBE_TASK = "neurosam-check-writable"
 """The task ``check_writable`` records a block of, and forgets again."""
+NODE_BLOCKS, EDGE_BLOCKS = "node_blocks", "edge_blocks"
+"""The tables (collections) of the nodes and of the edges, one row (document) per block."""
+LEGACY_TABLES = ("nodes", "edges")
+"""The tables of the earlier format, a row per node and a row per edge and statistic."""
+COMPRESSION = Zstd(level=3)
+HEADER_LENGTH = struct.Struct("<I")
 
 
-def ids_to_db(ids: np.ndarray) -> np.ndarray:
-    """uint64 ids as int64, refusing ids the database cannot store as the same number."""
+def checked_ids(ids: np.ndarray) -> np.ndarray:
+    """uint64 ids, refusing ids the databases' signed integers cannot hold as the same number."""
     ids = np.asarray(ids, dtype=np.uint64)
     if ids.size and ids.max() >= ID_LIMIT:
         raise ValueError(f"fragment id {ids.max()} is too large for the RAG: ids must be below 2**63")
-    return ids.astype(np.int64)
+    return ids
 
 
-def ids_from_db(values: Iterable[int]) -> np.ndarray:
-    return np.fromiter(values, dtype=np.int64).astype(np.uint64)
+def pack_columns(columns: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as one compressed value: a JSON header (name, dtype, shape of each), then
+    each array's bytes regrouped by significance, which zstd compresses far better than
+    interleaved numbers."""
+    arrays = {name: np.ascontiguousarray(values) for name, values in columns.items()}
+    header = json.dumps([[name, values.dtype.str, values.shape] for name, values in arrays.items()]).encode()
+    planes = [values.view(np.uint8).reshape(-1, values.dtype.itemsize).T.tobytes() for values in arrays.values()]
+    return bytes(COMPRESSION.encode(b"".join([HEADER_LENGTH.pack(len(header)), header, *planes])))
 
 
-def edge_page(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(u, v, value) rows as three arrays, converted in one pass rather than value by value."""
-    table = np.array(rows, dtype=[("u", np.int64), ("v", np.int64), ("value", np.float64)])
-    return table["u"].astype(np.uint64), table["v"].astype(np.uint64), np.ascontiguousarray(table["value"])
+def unpack_columns(packed: bytes) -> dict[str, np.ndarray]:
+    raw = memoryview(COMPRESSION.decode(packed))
+    (length,) = HEADER_LENGTH.unpack_from(raw)
+    start = HEADER_LENGTH.size + length
+    columns = {}
+    for name, dtype, shape in json.loads(bytes(raw[HEADER_LENGTH.size : start])):
+        dtype = np.dtype(dtype)
+        size = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+        planes = np.frombuffer(raw[start : start + size], dtype=np.uint8).reshape(dtype.itemsize, -1)
+        columns[name] = np.ascontiguousarray(planes.T).view(dtype).reshape(shape)
+        start += size
+    return columns
 
 
-def node_rows(ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> list[tuple]:
-    """(id, z, y, x, size) tuples sorted by id.
+def steps(ids: np.ndarray) -> np.ndarray:
+    return np.diff(ids, prepend=np.uint64(0))
 
-    Sorted so that concurrent writers lock rows in the same order and cannot deadlock."""
-    ids = ids_to_db(ids)
+
+def pack_nodes(ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> bytes:
+    """Nodes sorted by id; positions at float32 (a nanometre at 16 mm from the origin), which
+    only ever locate a fragment."""
+    ids = checked_ids(ids)
     positions = np.asarray(positions, dtype=np.float64)
     if positions.shape != (len(ids), 3):
         raise ValueError(f"positions must have shape ({len(ids)}, 3) for {len(ids)} ids, not {positions.shape}")
     sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.shape != ids.shape:
+        raise ValueError("ids and sizes must have the same length")
     order = np.argsort(ids, kind="stable")
-    return [
-        (node_id, *position, size)
-        for node_id, position, size in zip(ids[order].tolist(), positions[order].tolist(), sizes[order].tolist(), strict=True)
-    ]
+    return pack_columns({"id_steps": steps(ids[order]), "positions": positions[order].astype(np.float32), "sizes": sizes[order]})
 
 
-def edge_columns(u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> tuple[list[int], list[int], dict[str, list[float]]]:
+def unpack_nodes(blocks: list[bytes]) -> dict[str, np.ndarray]:
+    """The arrays ``read_nodes`` returns, from packed blocks."""
+    columns = [unpack_columns(packed) for packed in blocks]
+    return {
+        "ids": np.concatenate([np.zeros(0, np.uint64)] + [np.cumsum(c["id_steps"], dtype=np.uint64) for c in columns]),
+        "positions": np.concatenate([np.zeros((0, 3))] + [c["positions"] for c in columns]).astype(np.float64),
+        "sizes": np.concatenate([np.zeros(0, np.int64)] + [c["sizes"] for c in columns]),
+    }
+
+
+def pack_edges(u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> bytes:
     """Edges as ``u < v`` (swapping pairs given the other way round), sorted by (u, v)."""
     for name in statistics:
-        if not STATISTIC_NAME.match(name):
+        if not STATISTIC_NAME.match(name) or name in ("u_steps", "v_above_u"):
             raise ValueError(f"statistic name {name!r}: use letters, digits, '_' and '-' only")
-    u, v = ids_to_db(u), ids_to_db(v)
+    u, v = checked_ids(u), checked_ids(v)
+    statistics = {name: np.asarray(values) for name, values in statistics.items()}
     if u.size and not statistics:
         raise ValueError("edges need at least one statistic")
-    if u.shape != v.shape or any(np.shape(values) != u.shape for values in statistics.values()):
+    if u.shape != v.shape or any(values.shape != u.shape for values in statistics.values()):
         raise ValueError("u, v and every statistic's array must have the same length")
     low, high = np.minimum(u, v), np.maximum(u, v)
     order = np.lexsort((high, low))
-    columns = {name: np.asarray(values, dtype=np.float64)[order].tolist() for name, values in statistics.items()}
-    return low[order].tolist(), high[order].tolist(), columns
+    low, high = low[order], high[order]
+    if np.any((low[1:] == low[:-1]) & (high[1:] == high[:-1])):
+        raise ValueError("an edge (u, v) is given twice: a block's edges must be distinct pairs")
+    return pack_columns({"u_steps": steps(low), "v_above_u": high - low, **{name: values[order] for name, values in statistics.items()}})
 
 
-def nodes_from_rows(rows: list[tuple]) -> dict[str, np.ndarray]:
-    """The arrays ``read_nodes`` returns, from (id, z, y, x, size) rows."""
-    ids, z, y, x, sizes = zip(*rows) if rows else ((),) * 5
-    return {
-        "ids": ids_from_db(ids),
-        "positions": np.column_stack([z, y, x]).astype(np.float64),
-        "sizes": np.array(sizes, dtype=np.int64),
-    }
+def unpack_edges(blocks: list[bytes]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(u, v, statistics) of packed blocks, in block order; a statistic that some block with
+    edges lacks is left out."""
+    columns = [unpack_columns(packed) for packed in blocks]
+    u = [np.cumsum(c.pop("u_steps"), dtype=np.uint64) for c in columns]
+    v = [low + c.pop("v_above_u") for low, c in zip(u, columns)]
+    with_edges = [set(c) for c, low in zip(columns, u) if len(low)]
+    names = sorted(set.intersection(*with_edges)) if with_edges else []
+    empty = np.zeros(0, dtype=np.uint64)
+    statistics = {name: np.concatenate([c[name] for c in columns if name in c]) for name in names}
+    return np.concatenate([empty, *u]), np.concatenate([empty, *v]), statistics
 
 
 def check_page_size(page_size: int) -> None:
@@ -89,13 +134,18 @@ def check_page_size(page_size: int) -> None:
         raise ValueError(f"page_size must be at least 1, not {page_size}")
 
 
-def roi_bounds(roi: Roi) -> list[tuple[str, int, int]]:
-    """(axis, begin, end) of each bounded axis of ``roi``; an unbounded axis constrains nothing."""
-    return [
-        (axis, begin, end)
-        for axis, begin, end in zip(AXES, roi.begin, roi.end, strict=True)
-        if begin is not None and end is not None
-    ]
+def blocks_of_a_page(counts: list[tuple[int, int]], page_size: int) -> int:
+    """The last block id of the next page: as many of the following blocks (id, count) as hold
+    at most ``page_size`` items together, and at least one."""
+    total, last = 0, counts[0][0]
+    for block_id, count in counts:
+        total += count
+        if total > page_size and block_id != counts[0][0]:
+            break
+        last = block_id
+    return last
+
+
 
 
 SECRET_QUERY_KEYS = ("password", "pass", "passwd", "secret", "token")

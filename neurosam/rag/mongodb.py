@@ -1,10 +1,9 @@
 """The RAG in MongoDB, for clusters that already run one.
 
-Collections: ``nodes`` {_id: fragment id, z, y, x, size} indexed on (z, y, x); ``edges``
-{u, v, statistics: {name: value}}, one document per edge whatever the number of statistics,
-with a unique index on (u, v); ``blocks_done`` {task, block_id}, unique; ``task_stamps``
-{_id: task, stamp}. Writes are
-unordered bulk upserts; MongoDB retries an upsert that races another on a unique key itself.
+Collections: ``node_blocks`` and ``edge_blocks`` {_id: block id, node_count or edge_count,
+packed}, a document per block (``neurosam.rag.base``); ``blocks_done`` {task, block_id}, unique;
+``task_stamps`` {_id: task, stamp}. A block's document is replaced in one upsert. A block's packed edges must stay under MongoDB's
+16 MiB a document: about a million edges at the scale benchmark's 12 bytes an edge.
 
 ``mongomock://host/db`` runs the same code on mongomock, an in-process stand-in the tests use
 when no MongoDB server is given.
@@ -12,31 +11,16 @@ when no MongoDB server is given.
 
 from __future__ import annotations
 
-import inspect
-from typing import Iterator
-
-import numpy as np
 import pymongo
-from funlib.geometry import Roi
-from pymongo import UpdateOne
+from bson import Binary
 from pymongo.errors import PyMongoError
 
 from neurosam.rag.base import RagError, RagStore
-from neurosam.rag.common import (
-    WRITE_PROBE_TASK,
-    check_page_size,
-    edge_columns,
-    edge_page,
-    first_line,
-    node_rows,
-    nodes_from_rows,
-    roi_bounds,
-    without_password,
-)
+from neurosam.rag.common import EDGE_BLOCKS, NODE_BLOCKS, WRITE_PROBE_TASK, first_line, without_password
 
 # pymongo waits 30 s for an unreachable server by default; a worker should fail sooner.
 FAST_FAIL_OPTIONS = {"serverSelectionTimeoutMS": 5000, "connectTimeoutMS": 5000}
-IDS_PER_QUERY = 10_000
+COUNT_FIELD = {NODE_BLOCKS: "node_count", EDGE_BLOCKS: "edge_count"}
 
 
 def connect(url: str) -> pymongo.MongoClient:
@@ -49,30 +33,9 @@ def connect(url: str) -> pymongo.MongoClient:
 
 
 def mongomock_client(url: str):
-    """mongomock 4.3 predates the ``sort`` argument that pymongo >= 4.10 hands to every bulk
-    update (mongomock issue #912), so its bulk builder is taught to accept it while unset."""
     import mongomock
 
-    builder = mongomock.collection.BulkOperationBuilder
-    if "sort" not in inspect.signature(builder.add_update).parameters:
-        add_update = builder.add_update
-
-        def add_update_without_sort(self, *args, sort=None, **kwargs):
-            if sort is not None:
-                raise NotImplementedError("mongomock cannot sort bulk updates")
-            return add_update(self, *args, **kwargs)
-
-        builder.add_update = add_update_without_sort
     return mongomock.MongoClient(url.replace("mongomock://", "mongodb://", 1))
-
-
-def roi_query(roi: Roi) -> dict:
-    return {axis: {"$gte": begin, "$lt": end} for axis, begin, end in roi_bounds(roi)}
-
-
-def batches(values: list, size: int) -> Iterator[list]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
 
 
 class MongoRag(RagStore):
@@ -86,19 +49,16 @@ class MongoRag(RagStore):
             self.client = client if client is not None else connect(url)
             self.db = self.client.get_default_database()
             self.db.command("ping")
-            self.nodes = self.db["nodes"]
-            self.edges = self.db["edges"]
+            self._refuse_legacy(self.db.list_collection_names())
             self.blocks_done = self.db["blocks_done"]
             self.task_stamps = self.db["task_stamps"]
-            self.nodes.create_index([("z", 1), ("y", 1), ("x", 1)])
-            self.edges.create_index([("u", 1), ("v", 1)], unique=True)
             self.blocks_done.create_index([("task", 1), ("block_id", 1)], unique=True)
         except PyMongoError as error:
             self.close()
             raise RagError(f"cannot open {self.name}: {first_line(error)}") from error
-
-    def _node_ids_in(self, roi: Roi) -> list[int]:
-        return [document["_id"] for document in self.nodes.find(roi_query(roi), {"_id": 1})]
+        except RagError:
+            self.close()
+            raise
 
     def check_writable(self) -> None:
         try:
@@ -107,46 +67,22 @@ class MongoRag(RagStore):
         except PyMongoError as error:
             raise RagError(f"cannot write to {self.name}: {first_line(error)}") from error
 
-    def write_nodes(self, ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> None:
-        updates = [
-            UpdateOne({"_id": node_id}, {"$set": {"z": z, "y": y, "x": x, "size": size}}, upsert=True)
-            for node_id, z, y, x, size in node_rows(ids, positions, sizes)
-        ]
-        if updates:
-            self.nodes.bulk_write(updates, ordered=False)
+    def _put_block(self, table: str, block_id: int, count: int, packed: bytes) -> None:
+        document = {COUNT_FIELD[table]: count, "packed": Binary(packed)}
+        self.db[table].replace_one({"_id": block_id}, document, upsert=True)
 
-    def write_edges(self, u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> None:
-        low, high, columns = edge_columns(u, v, statistics)
-        updates = [
-            UpdateOne({"u": a, "v": b}, {"$set": {f"statistics.{name}": values[i] for name, values in columns.items()}}, upsert=True)
-            for i, (a, b) in enumerate(zip(low, high))
-        ]
-        if updates:
-            self.edges.bulk_write(updates, ordered=False)
+    def _block_counts(self, table: str, after: int, limit: int | None) -> list[tuple[int, int]]:
+        field = COUNT_FIELD[table]
+        documents = self.db[table].find({"_id": {"$gt": after}}, {field: 1}).sort("_id", 1).limit(limit or 0)
+        return [(d["_id"], d[field]) for d in documents]
 
-    def read_nodes(self) -> dict[str, np.ndarray]:
-        documents = self.nodes.find({}).sort("_id", 1)
-        return nodes_from_rows([(d["_id"], d["z"], d["y"], d["x"], d["size"]) for d in documents])
+    def _packed_blocks(self, table: str, after: int, last: int | None) -> list[bytes]:
+        bounds = {"$gt": after} if last is None else {"$gt": after, "$lte": last}
+        return [bytes(d["packed"]) for d in self.db[table].find({"_id": bounds}, {"packed": 1}).sort("_id", 1)]
 
-    def iter_edges(self, statistic: str, page_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Pages in the order of the documents' ``_id``, which every collection has indexed."""
-        check_page_size(page_size)
-        field = f"statistics.{statistic}"
-        last_key: dict = {}
-        while True:
-            query = {field: {"$exists": True}, **last_key}
-            page = list(self.edges.find(query, {"u": 1, "v": 1, field: 1}).sort("_id", 1).limit(page_size))
-            if page:
-                yield edge_page([(d["u"], d["v"], d["statistics"][statistic]) for d in page])
-                last_key = {"_id": {"$gt": page[-1]["_id"]}}
-            if len(page) < page_size:
-                return
-
-    def delete_in_roi(self, roi: Roi) -> None:
-        """Edges first: a crash in between leaves the nodes, so a rerun finds and deletes both."""
-        for ids in batches(self._node_ids_in(roi), IDS_PER_QUERY):
-            self.edges.delete_many({"u": {"$in": ids}})
-            self.nodes.delete_many({"_id": {"$in": ids}})
+    def delete_graph(self) -> None:
+        for table in COUNT_FIELD:
+            self.db[table].delete_many({})
 
     def mark_block_done(self, task: str, block_id: int) -> None:
         block = {"task": task, "block_id": int(block_id)}

@@ -22,6 +22,7 @@ SCHEMA_LOCK_KEY = 0x6E65_7572_6F73_616D
 
 class PostgresRag(SqlRag):
     placeholder = "%s"
+    binary_type = "BYTEA"
     database_error = psycopg.Error
 
     def __init__(self, url: str):
@@ -34,6 +35,10 @@ class PostgresRag(SqlRag):
     def _transaction(self) -> Iterator[psycopg.Cursor]:
         with self.connection.transaction(), self.connection.cursor() as cursor:
             yield cursor
+
+    def _table_names(self, cursor: psycopg.Cursor) -> list[str]:
+        """Those of the first schema of the search path, where the tables are created."""
+        return [name for name, in cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
 
     def _serialize_schema_creation(self, cursor: psycopg.Cursor) -> None:
         """Concurrent CREATE TABLE IF NOT EXISTS can fail on PostgreSQL's catalog; one at a time."""

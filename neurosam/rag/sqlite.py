@@ -47,6 +47,9 @@ class SqliteRag(SqlRag):
             raise
         cursor.execute("COMMIT")
 
+    def _table_names(self, cursor: sqlite3.Cursor) -> list[str]:
+        return [name for name, in cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
 
 def _use_wal(connection: sqlite3.Connection) -> None:
     """Opening a WAL database while other processes open it at the same moment (workers starting

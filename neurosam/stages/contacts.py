@@ -7,7 +7,7 @@ write ROI grown by one voxel, which is all a block reads. Across a block face, t
 stage's claims say which voxel pairs its watershed saw inside one basin: the pair's
 ``claimed_area``, by which the segment stage rejoins the pieces of a basin that a face cut. An edge (u, v) is written only by the
 block that owns ``u = min(u, v)``, so each edge has exactly one writer and a resumed run writes
-the same rows as an uninterrupted one.
+the same rows as an uninterrupted one; a block writes its edges (none, too) as one row.
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ def contacts_block(setup: WorkerSetup, block) -> None:
     affinities = read_nearest_affinities(plan, block.read_roi)
     pairs, statistics = contact_statistics(affinities, local, claimed_by_neighbour(plan, block.read_roi, fragments))
     owned = owner_block(plan, ids[pairs[:, 0]]) == block.block_id[1]
-    if not owned.any():
-        return
-    setup.rag.write_edges(ids[pairs[owned, 0]], ids[pairs[owned, 1]], {name: values[owned] for name, values in statistics.items()})
+    owned_statistics = {name: values[owned] for name, values in statistics.items()}
+    setup.rag.write_edges(block.block_id[1], ids[pairs[owned, 0]], ids[pairs[owned, 1]], owned_statistics)
 
 
 def claimed_by_neighbour(plan, roi, fragments: np.ndarray) -> list[np.ndarray]:

@@ -126,8 +126,7 @@ def extract_fragments(setup: WorkerSetup, block) -> None:
     plan.arrays["fragments"].write(write_roi, global_ids[labels[inner.to_slices()]])
     write_claims(plan, block, labels, inner, global_ids)
     ids, positions, sizes = fragment_nodes(local, first_id, write_roi, plan.voxel_size)
-    rag.delete_in_roi(write_roi)
-    rag.write_nodes(ids, positions, sizes)
+    rag.write_nodes(block.block_id[1], ids, positions, sizes)
 
 
 def write_claims(plan: RunPlan, block, labels: np.ndarray, inner: Roi, global_ids: np.ndarray) -> None:

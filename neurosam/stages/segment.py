@@ -30,20 +30,20 @@ def _write_fragment_ids(ids: np.ndarray, path: Path) -> None:
 
 
 def read_graph(rag: RagStore, page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(ids, sizes, u, v, statistics): nodes in id order, u and v as positions in ``ids``; every
-    statistic is read in the store's key order, so the passes line up edge for edge."""
+    """(ids, sizes, u, v, statistics): nodes in id order, u and v as positions in ``ids``, the
+    statistics at float64 as the agglomeration computes with them; edges in one pass."""
     nodes = rag.read_nodes()
     order = np.argsort(nodes["ids"])
     ids = nodes["ids"][order].astype(np.uint64)
-    statistics, u, v = {}, None, None
-    for name in EDGE_STATISTICS:
-        pages = list(rag.iter_edges(name, page_size))
-        here_u = np.concatenate([page[0] for page in pages]) if pages else np.zeros(0, dtype=np.uint64)
-        here_v = np.concatenate([page[1] for page in pages]) if pages else np.zeros(0, dtype=np.uint64)
-        if u is not None and not (np.array_equal(u, here_u) and np.array_equal(v, here_v)):
-            raise RuntimeError(f"the RAG's edges lack {name!r} for some pairs: were contacts computed by another version?")
-        u, v = here_u, here_v
-        statistics[name] = np.concatenate([page[2] for page in pages]) if pages else np.zeros(0)
+    pages = list(rag.iter_edges(page_size))
+    missing = [name for name in EDGE_STATISTICS if any(name not in page.statistics for page in pages)]
+    if missing:
+        raise RuntimeError(f"the RAG's edges lack {missing}: were contacts computed by another version?")
+    u = np.concatenate([np.zeros(0, dtype=np.uint64)] + [page.u for page in pages])
+    v = np.concatenate([np.zeros(0, dtype=np.uint64)] + [page.v for page in pages])
+    statistics = {
+        name: np.concatenate([np.zeros(0)] + [page.statistics[name] for page in pages]).astype(np.float64) for name in EDGE_STATISTICS
+    }
     return ids, nodes["sizes"][order], np.searchsorted(ids, u), np.searchsorted(ids, v), statistics
 
 
