@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from neurosam.config import load_config
 from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.io.volumes import open_array
 from neurosam.pipeline.plan import task_ids
-from neurosam.pipeline.run import run_pipeline
+from neurosam.pipeline.run import run_pipeline, start_graph_afresh
 from neurosam.rag import open_rag
 from pipeline_support import read_edges, write_config
 
@@ -132,3 +133,19 @@ def test_output_overwritten_by_another_config_is_redone(gala, reference, tmp_pat
     for task, counts in summary["tasks"].items():
         assert counts["skipped_as_done"] == 0, task
     assert_same_results(config_a, reference)
+
+
+def test_a_fragments_task_starting_afresh_replaces_the_whole_graph(tmp_path):
+    """The RAG keeps a row per block: a new fragments task (another block grid, ROI or
+    parameter) must not leave the old grid's rows; a resumed one keeps its own."""
+    plan = SimpleNamespace(tasks={"fragments-new": SimpleNamespace(stage="fragments"), "contacts-new": SimpleNamespace(stage="contacts")})
+    with open_rag(f"sqlite:///{tmp_path / 'rag.db'}") as rag:
+        for block_id in (0, 1):
+            rag.write_nodes(block_id, np.array([block_id + 1]), np.zeros((1, 3)), np.ones(1))
+            rag.write_edges(block_id, np.array([1]), np.array([2 + block_id]), {"contact_area": np.ones(1)})
+        start_graph_afresh(plan, rag, {"fragments-new": {0}, "contacts-new": set()})
+        assert len(rag.read_nodes()["ids"]) == 2 and rag.edge_count() == 2
+        start_graph_afresh(plan, rag, {"contacts-new": set()})
+        assert len(rag.read_nodes()["ids"]) == 2, "a run without its fragments task keeps the graph"
+        start_graph_afresh(plan, rag, {"fragments-new": set(), "contacts-new": set()})
+        assert len(rag.read_nodes()["ids"]) == 0 and rag.edge_count() == 0
