@@ -7,12 +7,8 @@ compressed with zstd. Ids are stored as steps from the previous id and ``v`` as 
 the high bytes are nearly all zero and compress to almost nothing; statistics keep the dtype
 the caller gives them (``contact_statistics`` gives float32 where the affinities are float32,
 integers for counts). On the scale benchmark this takes about 12 bytes an edge, against over
-60 for a row per edge in PostgreSQL (tuple header, line pointer and primary key alone).
-
-Fragment ids are uint64 in the pipeline, but SQLite, PostgreSQL and BSON integers are signed
-64-bit, and ids are refused from 2**63, as before this format, so a RAG's ids stay plain
-integers wherever they are shown. Fragment ids in practice stay far below 2**63 (block number
-times voxels per block).
+60 for a row per edge in PostgreSQL (tuple header, line pointer and primary key alone). Ids are
+uint64 throughout: the databases' signed integers hold only block ids.
 """
 
 from __future__ import annotations
@@ -25,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from numcodecs import Zstd
 
-ID_LIMIT = 2**63
 STATISTIC_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 WRITE_PROBE_TASK = "neurosam-check-writable"
 """The task ``check_writable`` records a block of, and forgets again."""
@@ -33,16 +28,10 @@ NODE_BLOCKS, EDGE_BLOCKS = "node_blocks", "edge_blocks"
 """The tables (collections) of the nodes and of the edges, one row (document) per block."""
 LEGACY_TABLES = ("nodes", "edges")
 """The tables of the earlier format, a row per node and a row per edge and statistic."""
+EDGE_ENDS = ("u_steps", "v_above_u")
+"""The columns of a block's packed edges that are not statistics."""
 COMPRESSION = Zstd(level=3)
 HEADER_LENGTH = struct.Struct("<I")
-
-
-def checked_ids(ids: np.ndarray) -> np.ndarray:
-    """uint64 ids, refusing ids the databases' signed integers cannot hold as the same number."""
-    ids = np.asarray(ids, dtype=np.uint64)
-    if ids.size and ids.max() >= ID_LIMIT:
-        raise ValueError(f"fragment id {ids.max()} is too large for the RAG: ids must be below 2**63")
-    return ids
 
 
 def pack_columns(columns: dict[str, np.ndarray]) -> bytes:
@@ -76,7 +65,7 @@ def steps(ids: np.ndarray) -> np.ndarray:
 def pack_nodes(ids: np.ndarray, positions: np.ndarray, sizes: np.ndarray) -> bytes:
     """Nodes sorted by id; positions at float32 (a nanometre at 16 mm from the origin), which
     only ever locate a fragment."""
-    ids = checked_ids(ids)
+    ids = np.asarray(ids, dtype=np.uint64)
     positions = np.asarray(positions, dtype=np.float64)
     if positions.shape != (len(ids), 3):
         raise ValueError(f"positions must have shape ({len(ids)}, 3) for {len(ids)} ids, not {positions.shape}")
@@ -100,9 +89,9 @@ def unpack_nodes(blocks: list[bytes]) -> dict[str, np.ndarray]:
 def pack_edges(u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) -> bytes:
     """Edges as ``u < v`` (swapping pairs given the other way round), sorted by (u, v)."""
     for name in statistics:
-        if not STATISTIC_NAME.match(name) or name in ("u_steps", "v_above_u"):
-            raise ValueError(f"statistic name {name!r}: use letters, digits, '_' and '-' only")
-    u, v = checked_ids(u), checked_ids(v)
+        if not STATISTIC_NAME.match(name) or name in EDGE_ENDS:
+            raise ValueError(f"statistic name {name!r}: use letters, digits, '_' and '-' only, and neither of {EDGE_ENDS}")
+    u, v = np.asarray(u, dtype=np.uint64), np.asarray(v, dtype=np.uint64)
     statistics = {name: np.asarray(values) for name, values in statistics.items()}
     if u.size and not statistics:
         raise ValueError("edges need at least one statistic")
@@ -113,15 +102,16 @@ def pack_edges(u: np.ndarray, v: np.ndarray, statistics: dict[str, np.ndarray]) 
     low, high = low[order], high[order]
     if np.any((low[1:] == low[:-1]) & (high[1:] == high[:-1])):
         raise ValueError("an edge (u, v) is given twice: a block's edges must be distinct pairs")
-    return pack_columns({"u_steps": steps(low), "v_above_u": high - low, **{name: values[order] for name, values in statistics.items()}})
+    ends = dict(zip(EDGE_ENDS, (steps(low), high - low)))
+    return pack_columns({**ends, **{name: values[order] for name, values in statistics.items()}})
 
 
 def unpack_edges(blocks: list[bytes]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(u, v, statistics) of packed blocks, in block order; a statistic that some block with
     edges lacks is left out."""
     columns = [unpack_columns(packed) for packed in blocks]
-    u = [np.cumsum(c.pop("u_steps"), dtype=np.uint64) for c in columns]
-    v = [low + c.pop("v_above_u") for low, c in zip(u, columns)]
+    u = [np.cumsum(c.pop(EDGE_ENDS[0]), dtype=np.uint64) for c in columns]
+    v = [low + c.pop(EDGE_ENDS[1]) for low, c in zip(u, columns)]
     with_edges = [set(c) for c, low in zip(columns, u) if len(low)]
     names = sorted(set.intersection(*with_edges)) if with_edges else []
     empty = np.zeros(0, dtype=np.uint64)
