@@ -138,7 +138,14 @@ class PredictConfig(StrictModel):
 
 
 class FragmentsConfig(StrictModel):
+    method: Literal["watershed", "mutex_watershed"] = "watershed"
+    """watershed: waterz's watershed of the nearest-neighbour affinities; mutex_watershed:
+    mwatershed's over every offset the affinities have, long-range ones included."""
     epsilon_agglomerate: float = Field(0.0, ge=0.0, le=1.0)
+    """watershed only: basins merged below this before any fragment is kept."""
+    mutex_bias: tuple[float, float] = (0.5, 0.5)
+    """mutex_watershed only: subtracted from the (nearest-neighbour, long-range) affinities; a
+    pair above it attracts, below it repels."""
     min_size: int = Field(0, ge=0)
 
 

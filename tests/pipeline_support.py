@@ -32,11 +32,13 @@ def read_h5(name: str, dataset: str, crop: tuple[slice, ...] = ()) -> tuple[np.n
         return volume[dataset][crop], Coordinate(volume[dataset].attrs["resolution"])
 
 
-def write_inputs(directory: Path, affinities: np.ndarray, ground_truth: np.ndarray, voxel_size, raw: np.ndarray | None = None) -> dict:
+def write_inputs(
+    directory: Path, affinities: np.ndarray, ground_truth: np.ndarray, voxel_size, raw: np.ndarray | None = None, offsets=NEAREST_OFFSETS
+) -> dict:
     """Write affinities (float, C-first), ground truth and raw into one zarr container."""
     container = directory / "inputs.zarr"
     roi = Roi((0, 0, 0), Coordinate(ground_truth.shape) * Coordinate(voxel_size))
-    store_affinities(str(container / "affinities"), affinities, roi, voxel_size, NEAREST_OFFSETS)
+    store_affinities(str(container / "affinities"), affinities, roi, voxel_size, offsets)
     create_array(container / "ground_truth", roi, voxel_size, ground_truth.dtype)[roi] = ground_truth
     datasets = {"affinities": f"{container}/affinities", "ground_truth": f"{container}/ground_truth"}
     if raw is not None:
@@ -52,15 +54,15 @@ def gala_inputs(directory: Path) -> dict:
     return write_inputs(directory, boundary_to_affinities(boundary), labels, voxel_size, raw)
 
 
-def medulla_gt_inputs(directory: Path, noise: float = 0.0) -> dict:
-    """Affinities of the medulla ground truth, with seeded Gaussian noise of std ``noise``
-    (smoothed over a voxel) when asked: 0/1 affinities make stitching trivial."""
-    labels, voxel_size = read_h5("medulla_fibsem.h5", "neuron_ids")
-    affinities, _ = labels_to_affinities(labels, NEAREST_OFFSETS)
+def medulla_gt_inputs(directory: Path, noise: float = 0.0, offsets=NEAREST_OFFSETS, crop: tuple[slice, ...] = ()) -> dict:
+    """Affinities of the medulla ground truth (of ``crop``), with seeded Gaussian noise of std
+    ``noise`` (smoothed over a voxel) when asked: 0/1 affinities make stitching trivial."""
+    labels, voxel_size = read_h5("medulla_fibsem.h5", "neuron_ids", crop)
+    affinities, _ = labels_to_affinities(labels, offsets)
     if noise:
         jitter = ndimage.gaussian_filter(np.random.default_rng(0).normal(0, noise, affinities.shape), (0, 1, 1, 1))
         affinities = np.clip(affinities + jitter, 0.0, 1.0)
-    return write_inputs(directory, affinities, labels, voxel_size)
+    return write_inputs(directory, affinities, labels, voxel_size, offsets=offsets)
 
 
 def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) -> Path:

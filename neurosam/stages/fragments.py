@@ -83,6 +83,26 @@ def watershed(affinities: np.ndarray, epsilon_agglomerate: float) -> np.ndarray:
     return next(waterz.agglomerate(affinities, [epsilon_agglomerate])).astype(np.uint64)
 
 
+def mutex_watershed(affinities: np.ndarray, offsets: list[list[int]], bias: tuple[float, float]) -> np.ndarray:
+    """Labels 1..n of mwatershed's clustering of every offset's affinities (float, C x Z x Y x X),
+    less the (nearest-neighbour, long-range) bias."""
+    import mwatershed
+
+    nearest = [sum(map(abs, offset)) == 1 for offset in offsets]
+    biased = affinities.astype(np.float64) - np.where(nearest, bias[0], bias[1])[:, None, None, None]
+    labels = mwatershed.agglom(biased, offsets)
+    _, consecutive = np.unique(labels, return_inverse=True)
+    return consecutive.reshape(labels.shape).astype(np.uint64) + np.uint64(1)
+
+
+def block_labels(plan: RunPlan, settings, roi: Roi) -> np.ndarray:
+    """The configured method's labels of ``roi`` (the block with its context)."""
+    if settings.method == "mutex_watershed":
+        affinities = to_float(plan.arrays["affinities"].read(roi, fill_value=0))
+        return mutex_watershed(affinities, plan.affinity_offsets, settings.mutex_bias)
+    return watershed(read_nearest_affinities(plan, roi), settings.epsilon_agglomerate)
+
+
 def local_ids(labels: np.ndarray, min_size: int, label_count: int | None = None) -> np.ndarray:
     """Label -> consecutive id 1..n for the labels present, in label order; labels smaller than
     ``min_size``, and those absent, map to 0. Watershed labels are below the voxel count, so
@@ -115,8 +135,7 @@ def fragment_nodes(local: np.ndarray, first_id: int, roi: Roi, voxel_size) -> tu
 def extract_fragments(setup: WorkerSetup, block) -> None:
     plan, rag, settings = setup.plan, setup.rag, setup.settings
     write_roi = block.write_roi
-    affinities = read_nearest_affinities(plan, block.read_roi)
-    labels = watershed(affinities, settings.epsilon_agglomerate)
+    labels = block_labels(plan, settings, block.read_roi)
     inner = (write_roi - block.read_roi.offset) / plan.voxel_size
     new_ids = local_ids(labels[inner.to_slices()], settings.min_size, int(labels.max()) + 1)
     local = new_ids[labels[inner.to_slices()]]
