@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve the run to neuroglancer, print the viewer's URL and keep serving until Ctrl-C. Layers, each "
             "where its dataset exists, read lazily from the zarr arrays: raw, affinities (first three channels "
-            "as RGB), fragments, the segmentation at --threshold and the ground truth. Fragments and "
+            "as RGB), fragments, the segmentation at --threshold and the ground truth; it opens on raw and the "
+            "segmentation (the others hidden: tick them in the layer bar) in a large xy section at the volume's "
+            "centre, with the largest segments' meshes in the 3D view where the meshes stage made them. Fragments and "
             "segmentation are both segmentation layers, so hovering over a voxel shows its fragment id and "
             "its segment id side by side in the layer bar; Ctrl+right-click pins them in the selection "
             "panel; double-click selects a segment."

@@ -86,21 +86,31 @@ def _local_volume(path: str, volume_type: str):
     )
 
 
+SHOWN_MESHES = 10
+"""Segments whose meshes the 3D view opens on: the largest meshes."""
+
+
 def open_viewer(config: RunConfig, threshold: float, bind: str = "127.0.0.1", port: int = 0):
-    """A neuroglancer viewer of the run: raw, affinities, fragments, the segmentation at
-    ``threshold`` and the ground truth, each only if its dataset exists. Fragments and
-    segmentation are both segmentation layers, so the selection panel shows the fragment id and
-    the segment id under the cursor side by side. Returns at once: a background thread serves
+    """A neuroglancer viewer of the run, opened on the answer: raw and the segmentation at
+    ``threshold`` visible; affinities, fragments and ground truth there but hidden (three
+    segmentation layers at once blend into noise); a large xy section beside the 3D view, at the
+    volume's centre. Where the meshes and skeletons stages made this segmentation's, its layer
+    reads them too (served from the work dir) and the 3D view shows the largest segments. Fragments
+    and segmentation are both segmentation layers, so the selection panel shows the fragment id
+    and the segment id under the cursor side by side. Returns at once: background threads serve
     the viewer for as long as this process lives."""
     import neuroglancer
 
+    segmentation = f"segmentation {threshold:.4f}"
     layers = [
         ("raw", config.datasets.raw, "image"),
         ("affinities", config.datasets.affinities, "image"),
         ("fragments", config.datasets.fragments, "segmentation"),
-        (f"segmentation {threshold:.4f}", layout.segmentation_path(config, threshold), "segmentation"),
+        (segmentation, layout.segmentation_path(config, threshold), "segmentation"),
         ("ground truth", config.datasets.ground_truth, "segmentation"),
     ]
+    visible = {"raw", segmentation}
+    neurons = layout.neurons_dir(config, threshold)
     neuroglancer.set_server_bind_address(bind, port)
     viewer = neuroglancer.Viewer()
     with viewer.txn() as state:
@@ -110,14 +120,74 @@ def open_viewer(config: RunConfig, threshold: float, bind: str = "127.0.0.1", po
                 continue
             volume = _local_volume(path, volume_type)
             if volume_type == "segmentation":
-                # No meshes: neuroglancer meshes a segment from the whole volume held in memory.
-                source = neuroglancer.LayerDataSource(url=volume, subsources={"meshes": False})
-                state.layers[name] = neuroglancer.SegmentationLayer(source=source)
+                # neuroglancer would mesh a segment from the whole volume held in memory: only
+                # the meshes stage's own meshes are shown.
+                sources = [neuroglancer.LayerDataSource(url=volume, subsources={"meshes": False})]
+                if name == segmentation and neurons.is_dir():
+                    sources += [f"precomputed://{url}" for url in _serve_directory(neurons, bind)]
+                layer = neuroglancer.SegmentationLayer(source=sources)
+                if name == segmentation:
+                    layer.segments = _largest_meshes(neurons / "mesh")
             elif name == "affinities":
-                state.layers[name] = neuroglancer.ImageLayer(source=volume, shader=AFFINITY_SHADER)
+                layer = neuroglancer.ImageLayer(source=volume, shader=AFFINITY_SHADER)
             else:
-                state.layers[name] = neuroglancer.ImageLayer(source=volume)
+                layer = neuroglancer.ImageLayer(source=volume)
+            state.layers.append(name=name, layer=layer, visible=name in visible)
+        names = [layer.name for layer in state.layers]
+        state.layout = neuroglancer.row_layout([
+            neuroglancer.LayerGroupViewer(layers=names, layout="xy", flex=3),
+            neuroglancer.LayerGroupViewer(layers=names, layout="3d", flex=1),
+        ])
+        _centre_on(state, next(path for _, path, _ in layers if path is not None and dataset_exists(path)))
     return viewer
+
+
+FILLED_PIXELS = 600
+"""Screen pixels the volume's xy extent spans when the viewer opens."""
+
+
+def _centre_on(state, path: str) -> None:
+    """Position at the centre of the array at ``path``, in its voxels (x y z), zoomed so that its
+    xy extent fills the section and the 3D view."""
+    import neuroglancer
+
+    array = open_array(path)
+    voxel_size = array.voxel_size[::-1]
+    state.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="nm", scales=list(voxel_size))
+    centre = (array.roi.offset + array.roi.shape / 2) / array.voxel_size
+    state.position = [float(c) for c in centre[::-1]]
+    extent = max(array.roi.shape[1:]) / voxel_size[0]
+    state.cross_section_scale = extent / FILLED_PIXELS
+    state.projection_scale = 2 * extent
+
+
+def _largest_meshes(directory) -> list[int]:
+    """The segments with the largest mesh files: the big neurons of the volume."""
+    if not directory.is_dir():
+        return []
+    meshes = [path for path in directory.iterdir() if path.name.isdigit()]
+    return [int(path.name) for path in sorted(meshes, key=lambda path: -path.stat().st_size)[:SHOWN_MESHES]]
+
+
+def _serve_directory(directory, bind: str) -> list[str]:
+    """Serve ``directory`` (meshes and skeletons in the precomputed format) over HTTP to the
+    browser, on any free port, from a background thread; the URLs of its subdirectories."""
+    import functools
+    import socket
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(SimpleHTTPRequestHandler):
+        def end_headers(self):
+            self.send_header("Access-Control-Allow-Origin", "*")
+            super().end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((bind, 0), functools.partial(Handler, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = socket.getfqdn() if bind in ("0.0.0.0", "") else bind
+    return [f"http://{host}:{server.server_port}/{part.name}" for part in sorted(directory.iterdir()) if (part / "info").exists()]
 
 
 def serve(viewer) -> None:

@@ -110,3 +110,45 @@ def test_viewer_draws_the_segmentation_and_shows_both_ids(tmp_path, browser):
         for name, path in (("fragments", config.datasets.fragments), (segmentation, segmentation_path(config, threshold)))
     }
     assert shown == stored
+
+
+def test_viewer_opens_on_raw_and_the_segmentation_with_meshes(tmp_path, browser):
+    """As a user first sees it: raw and the segmentation drawn in a large xy section at the
+    volume's centre, the other layers hidden, the largest segments' meshes in the 3D view."""
+    from test_neurons import SHAPE, VOXEL_SIZE, tubes
+
+    from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
+    from pipeline_support import read_segmentation, write_inputs
+
+    labels = tubes()
+    raw = np.where(labels > 0, 170, 60).astype(np.uint8) + np.random.default_rng(0).integers(0, 30, SHAPE, dtype=np.uint8)
+    inputs = write_inputs(tmp_path / "inputs", labels_to_affinities(labels, NEAREST_OFFSETS)[0], labels, VOXEL_SIZE, raw)
+    block = tuple(s * v // 2 for s, v in zip(SHAPE, VOXEL_SIZE))
+    config_path = write_config(tmp_path / "run", inputs, block, None, segment={"thresholds": [0.5]}, meshes={}, skeletons={})
+    run_pipeline(config_path, echo_progress=False)
+    config = load_config(config_path)
+    segmentation = f"segmentation {0.5:.4f}"
+
+    viewer = open_viewer(config, 0.5)
+    with viewer.config_state.txn() as config_state:
+        config_state.show_ui_controls = False
+        config_state.show_panel_borders = False
+    with viewer.txn() as state:
+        state.show_slices = False  # the 3D view shows meshes alone, so its colour is theirs
+        state.show_axis_lines = False
+    browser.get(viewer.get_viewer_url())
+
+    def drawn(pixels):
+        width = pixels.shape[1]
+        return saturated(pixels[:, : width * 3 // 4 - 10]) > 0.05 and saturated(pixels[:, width * 3 // 4 + 10 :]) > 0.01
+
+    pixels = screenshot(browser, tmp_path / "opened.png", drawn)
+    assert drawn(pixels), f"the xy section or the 3D meshes did not draw: see {tmp_path / 'opened.png'}"
+    state = viewer.state
+    assert {layer.name for layer in state.layers if layer.visible} == {"raw", segmentation}
+    assert {layer.name for layer in state.layers if not layer.visible} == {"affinities", "fragments", "ground truth"}
+    sections, view_3d = state.layout.children
+    assert (sections.layout.type, view_3d.layout.type) == ("xy", "3d") and sections.flex > view_3d.flex
+    assert list(state.position) == [s / 2 for s in SHAPE[::-1]]
+    neuron = int(read_segmentation(config, 0.5)[16, 32, 32])
+    assert neuron in {int(segment) for segment in state.layers[segmentation].segments}
