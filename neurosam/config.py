@@ -62,6 +62,9 @@ class SlurmConfig(StrictModel):
     time: str = "01:00:00"
     gpus_per_worker: int = 0
     extra_args: list[str] = Field(default_factory=list)
+    max_pending: float = Field(3600.0, gt=0)
+    """Seconds a job may wait in the queue before it starts: a queue that never runs the jobs ends
+    the run with the usual short message instead of holding it for ever."""
 
 
 class StageWorkers(StrictModel):

@@ -245,8 +245,24 @@ def submitted_jobs_file(work_dir: Path) -> Path:
     return Path(work_dir) / "slurm_jobs.txt"
 
 
+def slurm_pending_file(work_dir: Path) -> Path:
+    """Written by the SLURM launcher whose job stayed pending too long: every launcher after it
+    fails at once with its message, so that the run ends."""
+    return Path(work_dir) / "slurm_pending.txt"
+
+
 def predict_timings_dir(work_dir: Path) -> Path:
     return logs_dir(work_dir) / "predict_timings"
+
+
+def lock_path(work_dir: Path) -> Path:
+    """Held by the run that runs in the work dir, and naming it."""
+    return Path(work_dir) / "run.lock"
+
+
+def configs_path(work_dir: Path) -> Path:
+    """The configs run in the work dir, and what each writes."""
+    return Path(work_dir) / "configs.json"
 
 
 def summary_path(work_dir: Path) -> Path:

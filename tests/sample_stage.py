@@ -54,3 +54,19 @@ def stuck_blocks(setup: WorkerSetup):
 def workers_that_die_at_start(setup: WorkerSetup):
     raise RuntimeError("the block function cannot start here")
     yield
+
+
+@contextmanager
+def fails_once_blocks(setup: WorkerSetup):
+    """Every block fails at its first attempt and succeeds at its second, as on a flaky file
+    system; a file per block records the failure."""
+    failures = setup.plan.work_dir / "failures"
+    failures.mkdir(exist_ok=True)
+
+    def fail_once(block) -> None:
+        marker = failures / f"block-{block.block_id[1]}"
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError("this block fails once")
+
+    yield fail_once

@@ -22,7 +22,10 @@ import yaml
 import zarr
 
 from neurosam.config import HIST_QUANT_50, load_config
+from neurosam.pipeline.lock import WorkDirLock
+from neurosam.pipeline.plan import task_ids
 from neurosam.pipeline.run import RunFailed, run_pipeline
+from neurosam.rag import open_rag
 from pipeline_support import checksum, data_file, write_config
 
 BLOCKS = {"block_size": (250, 250, 500), "context": (50, 50, 50)}
@@ -117,7 +120,8 @@ def test_a_changed_database_address_redoes_nothing(finished, tmp_path):
     link.symlink_to(config.work_dir)
     result = neurosam("run", edited(path, "other_address", set_in("rag", "url", f"sqlite:///{link / 'rag.db'}")))
     assert result.returncode == 0, result.stderr
-    assert "0 skipped" not in result.stdout and "failed" not in result.stdout.replace("0 failed", "")
+    tasks = json.loads((config.work_dir / "summary.json").read_text())["tasks"]
+    assert all(counts["skipped_as_done"] == counts["blocks"] and counts["failed"] == 0 for counts in tasks.values()), tasks
     assert checksum(config) == written
 
 
@@ -224,6 +228,95 @@ def test_changed_inputs_are_noticed(gala, tmp_path):
     assert_redone_from(config, "evaluate")
 
 
+def test_a_work_dir_held_by_a_live_run_is_refused(finished):
+    """Goal 4 of issue 21: two runs of one config on one work dir both redid every block into
+    the same outputs. Here this process holds the work dir's lock, as a live run does: the
+    run is refused at once, one line naming the holder, exit 2, nothing touched."""
+    path, config, written = finished
+    with WorkDirLock(config.work_dir):
+        started = time.monotonic()
+        refused = neurosam("run", path)
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert f"{socket.gethostname()}, pid {os.getpid()}, since" in refused.stderr, refused.stderr
+    assert time.monotonic() - started < 30
+    assert checksum(config) == written
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over(finished):
+    """A run killed outright leaves its name in the lock: the next run says so and goes on."""
+    path, config, written = finished
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (config.work_dir / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "since": "yesterday"}))
+    rerun = neurosam("run", path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"pid {dead.pid}, since yesterday, which ended without releasing it" in rerun.stderr, rerun.stderr
+    assert (config.work_dir / "run.lock").read_text() == ""
+    assert checksum(config) == written
+
+
+def test_a_second_config_writing_the_same_outputs_is_refused(finished):
+    """Two configs whose outputs overlap, both run in one work dir, overwrote each other's
+    results; the second is refused before any block, naming the first."""
+    path, config, written = finished
+    other = edited(path, "other_parameters", set_in("fragments", "epsilon_agglomerate", 0.2))
+    refused = neurosam("run", other)
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and f"which {path} (run in this work dir before)" in refused.stderr, refused.stderr
+    assert checksum(config) == written
+
+
+def done_blocks(config, stage: str) -> int:
+    if not (config.work_dir / "rag.db").exists():
+        return 0
+    with open_rag(config.rag.url) as rag:
+        return len(rag.done_blocks(task_ids(config)[stage]))
+
+
+def session_processes(session: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_stops_the_run_cleanly_and_the_same_command_resumes(gala, finished, tmp_path, signal_number):
+    """Goal 3 of issue 21: SIGTERM killed the run at once, status -15 and no message. Sent to
+    the run alone, mid-fragments: its workers are stopped, it says in one line what it did and
+    how to resume, exits 128 + the signal within 30 s, and leaves no process; the same command
+    then ends with the uninterrupted run's result, voxel for voxel and row for row."""
+    written = finished[2]
+    path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT)
+    config = load_config(path)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "neurosam.cli", "run", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while done_blocks(config, "fragments") < 3:
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.05)
+    run.send_signal(signal_number)
+    started = time.monotonic()
+    stderr = run.communicate(timeout=60)[1]
+    assert time.monotonic() - started < 30
+    assert run.returncode == 128 + signal_number, stderr
+    assert len(stderr.splitlines()) == 1 and f"stopped by {signal_number.name}" in stderr, stderr
+    assert "run the same command to resume" in stderr
+    assert session_processes(run.pid) == []
+    assert (config.work_dir / "run.lock").read_text() == ""
+
+    assert neurosam("run", path).returncode == 0
+    assert checksum(config) == written
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB file system, or a skip where this process may not mount one."""
@@ -233,6 +326,25 @@ def small_disk(tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_outputs_that_cannot_fit_are_refused_up_front(gala, finished, small_disk, tmp_path):
+    """Goal 5 of issue 21: the outputs' size is estimated (a lower estimate) before any block;
+    a disk that cannot hold them is refused in one line, exit 2, nothing written there."""
+    written = finished[2]
+    subprocess.run(["mount", "-o", "remount,size=100k", str(small_disk)], check=True)
+    path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT)
+    config = yaml.safe_load(path.read_text())
+    config["datasets"].update(fragments=str(small_disk / "out.zarr/fragments"), segmentation=str(small_disk / "out.zarr/segmentation"))
+    path.write_text(yaml.safe_dump(config))
+    refused = neurosam("run", path)
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1 and "the outputs still to write need at least" in refused.stderr, refused.stderr
+    assert list(small_disk.iterdir()) == []
+
+    subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
+    assert neurosam("run", path).returncode == 0
+    assert checksum(load_config(path)) == written
 
 
 def test_a_full_disk_is_named_and_a_larger_disk_resumes(gala, finished, small_disk):
@@ -263,6 +375,21 @@ def test_a_block_that_never_ends_is_bounded_by_the_block_timeout(gala, tmp_path,
     message = str(failure.value)
     assert "task faulty-" in message and "workers.block_timeout (2 s)" in message
     assert len(message.splitlines()) <= MAX_MESSAGE_LINES
+
+
+def test_a_block_that_fails_once_is_retried(gala, tmp_path, register_stage):
+    """workers.max_retries: every block of a stage fails at its first attempt; with one retry
+    the run finishes, each block done once, none counted failed; without, it fails."""
+    register_stage("flaky", "fails_once_blocks")
+    path = write_config(tmp_path / "retried", gala, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_retries": 1})
+    summary = run_pipeline(path, echo_progress=False)
+    flaky = next(counts for task, counts in summary["tasks"].items() if task.startswith("flaky-"))
+    assert flaky["completed"] == flaky["blocks"] and flaky["failed"] == 0
+    assert len(list((tmp_path / "retried" / "failures").iterdir())) == flaky["blocks"]
+
+    path = write_config(tmp_path / "not_retried", gala, **BLOCKS, segment=SEGMENT, workers={"count": 2, "max_retries": 0})
+    with pytest.raises(RunFailed, match="this block fails once"):
+        run_pipeline(path, echo_progress=False)
 
 
 def test_workers_that_die_as_they_start_end_the_run_with_their_error(gala, tmp_path, register_stage):

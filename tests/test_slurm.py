@@ -205,3 +205,81 @@ def test_pipeline_on_slurm_equals_local(slurm_cluster, tmp_path: Path) -> None:
     job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_logs_dir(slurm.work_dir).glob("*.out")}
     assert job_logs == {f"neurosam-{task}" for task in summary["tasks"]}
     assert queued_jobs() == []
+
+
+@pytest.fixture(scope="module")
+def gala_affinities(tmp_path_factory) -> dict:
+    return {"affinities": gala_inputs(tmp_path_factory.mktemp("gala"))["affinities"]}
+
+
+SLURM_RUN = {"block_size": (250, 250, 500), "context": (50, 50, 50), "segment": {"thresholds": [0.5, 0.7]}}
+SLURM_WORKERS = {"count": 2, "launcher": "slurm", "max_restarts": 10, "slurm": {"partition": "debug", "memory": "2G"}}
+
+
+@pytest.fixture(scope="module")
+def local_reference(gala_affinities, tmp_path_factory):
+    path = write_config(tmp_path_factory.mktemp("local"), gala_affinities, **SLURM_RUN)
+    run_pipeline(path, echo_progress=False)
+    return load_config(path)
+
+
+def assert_equals_reference(path: Path, reference) -> None:
+    config = load_config(path)
+    for threshold in SLURM_RUN["segment"]["thresholds"]:
+        np.testing.assert_array_equal(read_segmentation(config, threshold), read_segmentation(reference, threshold))
+
+
+def start_run(path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "neurosam.cli", "run", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def test_sigterm_to_a_slurm_run_cancels_its_jobs_and_the_same_command_resumes(slurm_cluster, gala_affinities, local_reference, tmp_path):
+    """Goal 3 of issue 21 on SLURM: the run's jobs are cancelled, one line says so, status 143."""
+    path = write_config(tmp_path / "slurm", gala_affinities, **SLURM_RUN, workers=SLURM_WORKERS)
+    run = start_run(path)
+    try:
+        wait_for(lambda: queued_jobs("RUNNING") != [], 120, "a job to run")
+        run.send_signal(signal.SIGTERM)
+        stderr = run.communicate(timeout=30)[1]
+        assert run.returncode == 143, stderr
+        assert len(stderr.splitlines()) == 1 and "SLURM jobs cancelled" in stderr, stderr
+        wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        cancel_submitted_jobs(load_config(path).work_dir)
+    run_pipeline(path, echo_progress=False)
+    assert_equals_reference(path, local_reference)
+
+
+def test_a_job_cancelled_with_scancel_is_retried_like_a_lost_worker(slurm_cluster, gala_affinities, local_reference, tmp_path):
+    path = write_config(tmp_path / "slurm", gala_affinities, **SLURM_RUN, workers=SLURM_WORKERS)
+    run = start_run(path)
+    try:
+        wait_for(lambda: queued_jobs("RUNNING") != [], 120, "a job to run")
+        subprocess.run(["scancel", queued_jobs("RUNNING")[0]], check=True)
+        stderr = run.communicate(timeout=300)[1]
+        assert run.returncode == 0, stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        cancel_submitted_jobs(load_config(path).work_dir)
+    assert_equals_reference(path, local_reference)
+
+
+def test_a_queue_that_never_starts_the_jobs_ends_the_run(slurm_cluster, gala_affinities, tmp_path):
+    """Goal 5 of issue 21: jobs the queue holds (here: not to begin for an hour) end the run
+    after workers.slurm.max_pending, with the usual short message, and no job is left."""
+    slurm = {**SLURM_WORKERS["slurm"], "max_pending": 5, "extra_args": ["--begin=now+1hour"]}
+    path = write_config(tmp_path / "slurm", gala_affinities, **SLURM_RUN, workers={**SLURM_WORKERS, "slurm": slurm})
+    try:
+        result = subprocess.run([sys.executable, "-m", "neurosam.cli", "run", str(path)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr
+        assert "was still pending after 5 s (workers.slurm.max_pending)" in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) <= 20 and "Traceback" not in result.stderr, result.stderr
+        wait_for(lambda: queued_jobs() == [], 30, "the jobs to be cancelled")
+    finally:
+        cancel_submitted_jobs(load_config(path).work_dir)

@@ -21,17 +21,20 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import daisy.v2 as daisy
 
 from neurosam.config import SlurmConfig
-from neurosam.layout import RunPlan, TaskLayout, slurm_logs_dir, submitted_jobs_file
+from neurosam.layout import RunPlan, TaskLayout, slurm_logs_dir, slurm_pending_file, submitted_jobs_file
 
 #: How often a SLURM launcher checks that its scheduler is still there: the longest a job can
 #: outlive an aborted run, against one connection per worker per period to the scheduler.
 SCHEDULER_CHECK_SECONDS = 5.0
+#: scancel fails while slurmctld is busy or restarting: tried this often, a second apart.
+SCANCEL_ATTEMPTS = 5
 
 
 def make_process_function(plan: RunPlan, plan_file: str, task: TaskLayout) -> Callable:
@@ -76,13 +79,27 @@ def run_slurm_worker(command: list[str], job_name: str, slurm: SlurmConfig, work
 
     A scheduler that refuses connections has ended its run (daisy.Client reads it the same
     way), and an aborted daisy run waits for its workers before it returns: so the job is
-    cancelled then, rather than waited for."""
+    cancelled then, rather than waited for. A job still pending after ``slurm.max_pending``
+    seconds is cancelled too, and ends the run (``slurm_pending_file``)."""
+    pending = slurm_pending_file(work_dir)
+    if pending.exists():
+        raise RuntimeError(pending.read_text())
     sbatch, job_id = _submit(command, job_name, slurm, work_dir, context)
+    submitted = time.monotonic()
+    started = False
     previous_sigterm_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         while not _exited_within(sbatch, SCHEDULER_CHECK_SECONDS):
             if not _scheduler_is_up(context):
                 return
+            started = started or _job_state(job_id) not in ("PENDING", "")
+            if not started and time.monotonic() - submitted > slurm.max_pending:
+                message = (
+                    f"SLURM job {job_id} ({job_name}) was still pending after {slurm.max_pending:g} s "
+                    "(workers.slurm.max_pending): the queue does not start the run's jobs"
+                )
+                pending.write_text(message)
+                raise RuntimeError(message)
     finally:
         if sbatch.poll() is None:
             subprocess.run(["scancel", "--quiet", job_id], check=False)
@@ -117,6 +134,12 @@ def _submit(
     return sbatch, job_id
 
 
+def _job_state(job_id: str) -> str:
+    """SLURM's state of the job (PENDING, RUNNING, ...); "" when squeue cannot say."""
+    result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=False)
+    return result.stdout.strip()
+
+
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
@@ -147,7 +170,11 @@ def cancel_submitted_jobs(work_dir: Path) -> list[str]:
     if not jobs_file.exists():
         return []
     job_ids = sorted(set(jobs_file.read_text().split()))
-    if job_ids:
-        subprocess.run(["scancel", "--quiet", *job_ids], check=True)
+    for attempt in range(SCANCEL_ATTEMPTS if job_ids else 0):
+        if subprocess.run(["scancel", "--quiet", *job_ids], check=False).returncode == 0:
+            break
+        if attempt == SCANCEL_ATTEMPTS - 1:
+            raise RuntimeError(f"scancel {' '.join(job_ids)} failed {SCANCEL_ATTEMPTS} times: cancel them by hand")
+        time.sleep(1.0)
     jobs_file.unlink()
     return job_ids

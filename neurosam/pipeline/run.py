@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -24,12 +25,15 @@ from neurosam.layout import (
     progress_log_path,
     scheduler_log_path,
     segmentation_path,
+    slurm_pending_file,
     summary_path,
     task_logs_dir,
 )
-from neurosam.pipeline.plan import plan_run, prepare_outputs
+from neurosam.pipeline.lock import WorkDirLock, claim_outputs
+from neurosam.pipeline.plan import check_free_space, check_work_dir, plan_run, prepare_outputs
 from neurosam.pipeline.progress import ProgressLog
 from neurosam.pipeline.stamps import forget_untrusted, input_digests, stamp_fresh_tasks
+from neurosam.pipeline.stop import StopOnSignal
 from neurosam.pipeline.tasks import block_count, build_pipeline
 from neurosam.rag import RagStore, open_rag
 
@@ -117,25 +121,31 @@ def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
 
 
 def run_pipeline(config_path: str | Path, until: str | None = None, echo_progress: bool = True) -> dict:
-    """Run every stage up to ``until`` (all by default); finished blocks are skipped.
-
-    SLURM jobs left by a run that was killed outright are cancelled first, before planning. A run stopped by a
-    signal needs no handler here: daisy's loop holds the main thread, and the jobs the SLURM
-    launcher submitted cancel themselves once the scheduler stops answering.
-    """
-    from neurosam.pipeline.launchers import cancel_submitted_jobs
-
+    """Run every stage up to ``until`` (all by default); finished blocks are skipped. The run
+    holds its work dir's lock throughout: nothing is touched before it has it."""
     config_path = str(Path(config_path).resolve())
     config = load_config(config_path)
+    check_work_dir(config)
+    with WorkDirLock(config.work_dir) as lock, StopOnSignal(config.work_dir, lock) as stopper:
+        return _run_locked(config_path, config, until, echo_progress, stopper)
+
+
+def _run_locked(config_path: str, config, until: str | None, echo_progress: bool, stopper: StopOnSignal) -> dict:
+    """SLURM jobs left by a run that was killed outright are cancelled first, before planning."""
+    from neurosam.pipeline.launchers import cancel_submitted_jobs
+
     cancel_submitted_jobs(config.work_dir)
     plan = plan_run(config)
+    stopper.plan = plan
+    claim_outputs(plan, config_path)
     task_order = tasks_until(plan, until)
     digests = input_digests(plan)
     with open_rag(config.rag.url) as rag:
         forget_untrusted(plan, rag, digests)
+        done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
+        check_free_space(plan, done_blocks, {task_id: block_count(plan.tasks[task_id]) for task_id in task_order})
         prepare_outputs(plan)
         stamp_fresh_tasks(plan, rag, digests)
-        done_blocks = {task_id: rag.done_blocks(task_id) for task_id in task_order}
         start_graph_afresh(plan, rag, done_blocks)
     plan_file = str(plan.save())
     log_dir = logs_dir(config.work_dir)
@@ -146,6 +156,7 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
     for task_id in task_order:
         for stale in task_logs_dir(config.work_dir, task_id).glob(FAILED_BLOCKS):
             stale.unlink()
+    slurm_pending_file(config.work_dir).unlink(missing_ok=True)
     # zarr decodes chunks in threads, and glibc gives each thread a malloc arena of its own where
     # freed block buffers pile up; with one arena they are reused, and a worker's peak memory
     # stops growing after its first blocks. Local workers and SLURM jobs inherit the variable.
@@ -165,7 +176,10 @@ def run_pipeline(config_path: str | Path, until: str | None = None, echo_progres
                     host="127.0.0.1" if config.workers.launcher == "local" else None,
                     summary=False,
                 )
+    except KeyboardInterrupt:
+        stopper.stop(signal.SIGINT)
     finally:
+        stopper.hold_if_stopping()
         cancel_submitted_jobs(config.work_dir)
     unfinished = [t for t in task_order if t in states and states[t].completed_count < states[t].total_block_count]
     failures = {}
