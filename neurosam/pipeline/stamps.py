@@ -60,12 +60,16 @@ def sampled_chunks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[tupl
 
 
 def input_digest(path: str) -> str:
-    """The array's metadata and its sampled chunks, decoded (so any storage format will do)."""
+    """The array's metadata and its sampled chunks, decoded (so any storage format will do). A
+    chunk that cannot be read digests as its error: the blocks that read it fail, and say why."""
     storage = open_storage(path)
     metadata = {"shape": list(storage.shape), "chunks": list(storage.chunks), "dtype": str(storage.dtype), "attrs": dict(storage.attrs)}
     digest = hashlib.sha256(json.dumps(metadata, sort_keys=True, default=str).encode())
     for chunk in sampled_chunks(storage.shape, storage.chunks):
-        digest.update(np.ascontiguousarray(storage[chunk]).tobytes())
+        try:
+            digest.update(np.ascontiguousarray(storage[chunk]).tobytes())
+        except Exception as error:  # noqa: BLE001 - whatever the codec raises
+            digest.update(repr(error).encode())
     return digest.hexdigest()
 
 

@@ -1,0 +1,66 @@
+"""Cut basins rejoined: fragments that are pieces of one watershed basin, cut by a block face,
+are joined by ``join_cut_basins`` into exactly the graph the one-volume watershed gives (node
+sizes, edges and every statistic), on arrays, without a run."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from neurosam.graph.agglomeration import EDGE_STATISTICS, contact_statistics, join_cut_basins
+
+SHAPE = (12, 20, 24)
+FACES = (7, 12)
+"""Block faces along x: three blocks."""
+
+
+def voronoi_labels(seed: int) -> np.ndarray:
+    """Basins as Voronoi cells of random seeds (convex: each piece a face cuts touches the next)."""
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(SHAPE, dtype=np.int64)
+    points = rng.integers(0, SHAPE, size=(30, 3))
+    seeds[tuple(points.T)] = np.arange(1, len(points) + 1)
+    _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    return seeds[tuple(nearest)]
+
+
+def graph(labels: np.ndarray, affinities: np.ndarray, claimed=None):
+    """Node ids and sizes, and the edges as positions in the ids with their statistics."""
+    ids, sizes = np.unique(labels, return_counts=True)
+    pairs, statistics = contact_statistics(affinities, labels, claimed)
+    return ids, sizes, np.searchsorted(ids, pairs[:, 0]), np.searchsorted(ids, pairs[:, 1]), statistics
+
+
+def test_rejoined_graph_equals_the_one_volume_graph():
+    labels = voronoi_labels(0)
+    # Multiples of 1/256, as uint8 affinities are: sums are exact in any order.
+    affinities = (np.random.default_rng(1).integers(0, 256, (3, *SHAPE)) / 256).astype(np.float32)
+
+    # Each block numbers its own fragments; the claims mark the voxel pairs across a face that
+    # the block below saw inside one basin.
+    blocks = np.searchsorted(FACES, np.arange(SHAPE[2]), side="right")
+    cut = labels + 1000 * blocks[None, None, :]
+    claimed = [np.zeros(SHAPE, dtype=bool) for _ in range(3)]
+    for face in FACES:
+        claimed[2][..., face] = labels[..., face - 1] == labels[..., face]
+
+    ids, sizes, u, v, statistics = graph(cut, affinities, claimed)
+    basin, (basin_sizes, basin_u, basin_v, folded) = join_cut_basins(sizes, u, v, statistics)
+    assert len(np.unique(basin)) == len(np.unique(labels)) < len(ids)
+
+    one_ids, one_sizes, one_u, one_v, one_statistics = graph(labels, affinities)
+    # A basin is named by the one-volume label of its pieces, which all share it.
+    label_of_basin = np.zeros(len(basin_sizes), dtype=np.int64)
+    label_of_basin[basin] = ids % 1000
+    assert all(len(np.unique(ids[basin == b] % 1000)) == 1 for b in range(len(basin_sizes)))
+    position = np.searchsorted(one_ids, label_of_basin)
+    np.testing.assert_array_equal(one_sizes[position], basin_sizes)
+
+    a, b = position[basin_u], position[basin_v]
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((high, low))
+    one_order = np.lexsort((one_v, one_u))
+    np.testing.assert_array_equal(low[order], one_u[one_order])
+    np.testing.assert_array_equal(high[order], one_v[one_order])
+    for name in EDGE_STATISTICS:
+        np.testing.assert_array_equal(folded[name][order], one_statistics[name][one_order], err_msg=name)
