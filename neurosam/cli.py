@@ -76,6 +76,23 @@ def _view(args) -> None:
     print(f"wrote {out}")
 
 
+def _export_precomputed(args) -> None:
+    from neurosam.config import load_config
+    from neurosam.io.precomputed import export_precomputed
+    from neurosam.view import default_threshold
+
+    config = load_config(args.config)
+    threshold = args.threshold if args.threshold is not None else default_threshold(config)
+    if not any(abs(threshold - t) < 1e-9 for t in config.segment.thresholds):
+        raise ConfigError(
+            f"--threshold {threshold:g}: this run segments at {', '.join(f'{t:g}' for t in config.segment.thresholds)} only"
+        )
+    extras = export_precomputed(config, threshold, args.out)
+    beside = f" with its {' and '.join(extras)}" if extras else " (no meshes or skeletons made at this threshold)"
+    print(f"wrote the segmentation at threshold {threshold:g}{beside} to {Path(args.out).resolve()}")
+    print(f"open it in neuroglancer as precomputed://<URL serving {Path(args.out).resolve()}>")
+
+
 def _train(args) -> None:
     from neurosam.training.training import train_from_config
 
@@ -175,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--z", type=int, help="with --png: section index (default: middle)")
     view.add_argument("--out", help="with --png: PNG path (default: in the work dir)")
     view.set_defaults(handler=_view)
+
+    precomputed = commands.add_parser(
+        "export-precomputed",
+        help="the segmentation at a threshold, with its meshes and skeletons, in neuroglancer's precomputed format",
+        description="Write the segmentation at --threshold (default: the best-scoring one, else the middle one) to "
+        "--out in neuroglancer's precomputed format (unsharded, compressed_segmentation chunks), with the meshes and "
+        "skeletons the meshes and skeletons stages made at that threshold. CloudVolume, igneous and CAVE read it; "
+        "neuroglancer opens it as precomputed://URL once a web server serves the directory.",
+    )
+    precomputed.add_argument("config", help=RUN_CONFIG_HELP)
+    precomputed.add_argument("--threshold", type=float, help="segmentation to export")
+    precomputed.add_argument("--out", required=True, help="the directory to write (a local path)")
+    precomputed.set_defaults(handler=_export_precomputed)
 
     train = commands.add_parser("train", help="train the affinity network from a training config")
     train.add_argument("config", help="a training config (YAML), e.g. configs/train_medulla_unet.yaml; rerun to resume")

@@ -88,3 +88,21 @@ def test_evaluation_reports_erl_on_ground_truth_skeletons(run):
     assert skeletons["length"] > SHAPE[1] * VOXEL_SIZE[1] + 0.7 * SHAPE[2] * VOXEL_SIZE[2]
     assert 0 < scores["erl"] <= skeletons["erl_max"] + 1e-6
     assert isinstance(scores["erl_merges"], int) and isinstance(scores["erl_splits"], int)
+
+
+def test_the_precomputed_export_reads_back_through_cloudvolume(run, tmp_path):
+    import zmesh
+    from cloudvolume import CloudVolume
+
+    from neurosam.cli import main
+
+    config, _, segmentation, _ = run
+    assert main(["export-precomputed", str(config.work_dir / "config.yaml"), "--threshold", "0.5", "--out", str(tmp_path / "out")]) == 0
+    volume = CloudVolume(f"file://{tmp_path / 'out'}", progress=False)
+    assert tuple(volume.resolution) == VOXEL_SIZE[::-1]
+    assert np.array_equal(volume[:, :, :][..., 0], segmentation.T)
+    neuron = int(segmentation[16, 32, 32])
+    mesh = volume.mesh.get(neuron)
+    stored = zmesh.Mesh.from_precomputed((neurons_dir(config, 0.5) / "mesh" / str(neuron)).read_bytes())
+    assert len(mesh.faces) == len(stored.faces)
+    assert len(volume.skeleton.get(neuron).components()) == 1
