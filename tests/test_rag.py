@@ -24,7 +24,8 @@ import pytest
 
 from neurosam.rag import RagError, open_rag
 from neurosam.rag.common import pack_columns, unpack_columns
-from neurosam.rag.mongodb import MongoRag, mongomock_client
+from neurosam.rag.mongodb import MongoRag
+from mongomock_client import mongomock_client
 
 BACKENDS = ["sqlite", "postgresql", "mongodb"]
 MONGODB_SERVER_URL = os.environ.get("NEUROSAM_TEST_MONGODB_URL")
@@ -57,6 +58,11 @@ def rag_url(request, tmp_path) -> str:
 
 @pytest.fixture
 def rag(rag_url):
+    """mongomock is handed to MongoDB's store as its client: the package does not know it."""
+    if rag_url.startswith("mongomock://"):
+        with MongoRag(rag_url, client=mongomock_client(rag_url)) as store:
+            yield store
+        return
     with open_rag(rag_url) as store:
         yield store
 

@@ -15,7 +15,7 @@ def open_rag(url: str) -> RagStore:
         from neurosam.rag.postgresql import PostgresRag
 
         return PostgresRag(url)
-    if url.startswith(("mongodb://", "mongodb+srv://", "mongomock://")):
+    if url.startswith(("mongodb://", "mongodb+srv://")):
         from neurosam.rag.mongodb import MongoRag
 
         return MongoRag(url)

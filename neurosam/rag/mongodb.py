@@ -4,9 +4,6 @@ Collections: ``node_blocks`` and ``edge_blocks`` {_id: block id, node_count or e
 packed}, a document per block (``neurosam.rag.base``); ``blocks_done`` {task, block_id}, unique;
 ``task_stamps`` {_id: task, stamp}. A block's document is replaced in one upsert. A block's packed edges must stay under MongoDB's
 16 MiB a document: about a million edges at the scale benchmark's 12 bytes an edge.
-
-``mongomock://host/db`` runs the same code on mongomock, an in-process stand-in the tests use
-when no MongoDB server is given.
 """
 
 from __future__ import annotations
@@ -26,16 +23,8 @@ COUNT_FIELD = {NODE_BLOCKS: "node_count", EDGE_BLOCKS: "edge_count"}
 def connect(url: str) -> pymongo.MongoClient:
     """A client for the URL; options the URL sets itself win over the fast-fail defaults
     (pymongo would let keyword arguments override them)."""
-    if url.startswith("mongomock://"):
-        return mongomock_client(url)
     options = {key: value for key, value in FAST_FAIL_OPTIONS.items() if key.lower() not in url.lower()}
     return pymongo.MongoClient(url, **options)
-
-
-def mongomock_client(url: str):
-    import mongomock
-
-    return mongomock.MongoClient(url.replace("mongomock://", "mongodb://", 1))
 
 
 class MongoRag(RagStore):
