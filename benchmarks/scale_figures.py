@@ -93,10 +93,10 @@ def postgres_rag_bytes(server_url: str, config_path: Path) -> int:
         connection.execute(f"CREATE SCHEMA {schema}")
         try:
             in_fresh_process(run_figures, config_path)
-            return connection.execute(
+            return int(connection.execute(
                 "SELECT sum(pg_total_relation_size(format('%%I.%%I', schemaname, tablename)::regclass)) FROM pg_tables WHERE schemaname = %s",
                 (schema,),
-            ).fetchone()[0]
+            ).fetchone()[0])
         finally:
             connection.execute(f"DROP SCHEMA {schema} CASCADE")
 
