@@ -124,7 +124,8 @@ def open_viewer(config: RunConfig, threshold: float, bind: str = "127.0.0.1", po
                 # the meshes stage's own meshes are shown.
                 sources = [neuroglancer.LayerDataSource(url=volume, subsources={"meshes": False})]
                 if name == segmentation and neurons.is_dir():
-                    sources += [f"precomputed://{url}" for url in _serve_directory(neurons, bind)]
+                    served = serve_directory(neurons, bind)
+                    sources += [f"precomputed://{served}/{part.name}" for part in sorted(neurons.iterdir()) if (part / "info").exists()]
                 layer = neuroglancer.SegmentationLayer(source=sources)
                 if name == segmentation:
                     layer.segments = _largest_meshes(neurons / "mesh")
@@ -169,9 +170,9 @@ def _largest_meshes(directory) -> list[int]:
     return [int(path.name) for path in sorted(meshes, key=lambda path: -path.stat().st_size)[:SHOWN_MESHES]]
 
 
-def _serve_directory(directory, bind: str) -> list[str]:
-    """Serve ``directory`` (meshes and skeletons in the precomputed format) over HTTP to the
-    browser, on any free port, from a background thread; the URLs of its subdirectories."""
+def serve_directory(directory, bind: str = "127.0.0.1") -> str:
+    """Serve ``directory`` (data in the precomputed format) over HTTP to the browser, with CORS,
+    on any free port, from a background thread; returns its URL."""
     import functools
     import socket
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -187,7 +188,7 @@ def _serve_directory(directory, bind: str) -> list[str]:
     server = ThreadingHTTPServer((bind, 0), functools.partial(Handler, directory=str(directory)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host = socket.getfqdn() if bind in ("0.0.0.0", "") else bind
-    return [f"http://{host}:{server.server_port}/{part.name}" for part in sorted(directory.iterdir()) if (part / "info").exists()]
+    return f"http://{host}:{server.server_port}"
 
 
 def serve(viewer) -> None:

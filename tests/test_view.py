@@ -118,6 +118,8 @@ def test_viewer_opens_on_raw_and_the_segmentation_with_meshes(tmp_path, browser)
     from test_neurons import SHAPE, VOXEL_SIZE, tubes
 
     from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
+    from neurosam.io.precomputed import export_precomputed
+    from neurosam.view import serve_directory
     from pipeline_support import read_segmentation, write_inputs
 
     labels = tubes()
@@ -152,3 +154,19 @@ def test_viewer_opens_on_raw_and_the_segmentation_with_meshes(tmp_path, browser)
     assert list(state.position) == [s / 2 for s in SHAPE[::-1]]
     neuron = int(read_segmentation(config, 0.5)[16, 32, 32])
     assert neuron in {int(segment) for segment in state.layers[segmentation].segments}
+
+    # The precomputed export, as neuroglancer reads it over HTTP: the section and the mesh draw.
+    export_precomputed(config, 0.5, tmp_path / "export")
+    with viewer.txn() as state:
+        state.layers.clear()
+        state.layers.append(
+            name="export", layer=neuroglancer.SegmentationLayer(source=f"precomputed://{serve_directory(tmp_path / 'export')}", segments=[neuron])
+        )
+        state.layout = "xy-3d"
+
+    def halves_drawn(pixels):
+        width = pixels.shape[1]
+        return saturated(pixels[:, : width // 2 - 10]) > 0.02 and saturated(pixels[:, width // 2 + 10 :]) > 0.02
+
+    pixels = screenshot(browser, tmp_path / "export.png", halves_drawn)
+    assert halves_drawn(pixels), f"the export's section or mesh did not draw: see {tmp_path / 'export.png'}"

@@ -39,7 +39,9 @@ def export_precomputed(config: RunConfig, threshold: float, out: str | Path) -> 
         volume_size=list((roi.shape / voxel_size)[::-1]), chunk_size=list(open_storage(path).chunks[::-1]),
         mesh="mesh" if "mesh" in extras else None, skeletons="skeletons" if "skeletons" in extras else None,
     )
-    volume = CloudVolume(f"file://{out}", info=info, progress=False, fill_missing=False)
+    # Chunks uncompressed on disk (compressed_segmentation is compact already), so that any static
+    # web server serves them to neuroglancer as they are.
+    volume = CloudVolume(f"file://{out}", info=info, progress=False, compress=False)
     volume.commit_info()
     block_size = Coordinate(config.blocks.block_size)
     for block in _blocks(roi, block_size):
