@@ -205,6 +205,10 @@ class MeshesConfig(StrictModel):
 
     threshold: float | None = None
     """The segmentation to mesh; default: ``evaluate.chosen_threshold``, else the middle threshold."""
+    resolution: PositiveVector3 = (40, 40, 40)
+    """nm: meshed on every k-th voxel, k along each axis the largest at most ``resolution`` /
+    voxel size that divides the block (igneous meshes at a lower mip too: far cheaper, and a
+    neuron's surface needs no 10 nm detail)."""
     reduction_factor: float = Field(10.0, ge=0.0)
     """zmesh's simplification: aim for this many times fewer triangles (0: none)."""
     max_error: float = Field(40.0, gt=0.0)
@@ -229,6 +233,8 @@ class SkeletonsConfig(TeasarConfig):
 
     threshold: float | None = None
     """The segmentation to skeletonise; default as for ``meshes``."""
+    resolution: PositiveVector3 = (40, 40, 40)
+    """nm: skeletonised on every k-th voxel, as for ``meshes``."""
 
 
 class EvaluateConfig(StrictModel):

@@ -44,7 +44,7 @@ def run(tmp_path_factory):
     block = tuple(s * v // 2 for s, v in zip(SHAPE, VOXEL_SIZE))
     config_path = write_config(
         tmp_path / "run", inputs, block, None, segment={"thresholds": [0.5]},
-        meshes={"reduction_factor": 10}, skeletons={"dust_threshold": 0, "tick_threshold": 0},
+        meshes={"reduction_factor": 10}, skeletons={"dust_threshold": 0, "tick_threshold": 0, "const": 50},
         evaluate={"ground_truth_skeletons": {"dust_threshold": 0, "tick_threshold": 0}},
     )
     summary = run_pipeline(config_path, echo_progress=False)
@@ -66,7 +66,7 @@ def test_a_neuron_across_every_block_is_one_closed_mesh(run):
     assert set(edge_uses(mesh.faces)) == {2}, "the joined mesh has holes or seams"
     assert len(zmesh.vertex_connected_components(mesh)) == 1
     lower, upper = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
-    assert lower[0] <= 0 and upper[0] >= SHAPE[2] * VOXEL_SIZE[2] - 8, "the mesh does not reach the volume's faces"
+    assert lower[0] <= 0 and upper[0] >= SHAPE[2] * VOXEL_SIZE[2] - 32, "the mesh does not reach the volume's faces (32 nm samples)"
 
 
 def test_a_neuron_across_every_block_is_one_connected_skeleton(run):

@@ -24,7 +24,7 @@ from funlib.geometry import Coordinate, Roi
 from neurosam.graph.erl import SkeletonGraph, run_length_scores
 from neurosam.graph.metrics import Contingency, contingency, scores_from_contingency, sum_contingencies
 from neurosam.layout import RunPlan, StoredArray, WorkerSetup, evaluation_path, evaluation_pictures, segmentation_role
-from neurosam.stages.pieces import upper_overlap
+from neurosam.stages.pieces import sampled
 from neurosam.stages.relabel import segment_ids
 from neurosam.stages.skeletons import join_skeleton, skeletonise
 from neurosam.stages.stage import Stage, check_input, whole_volume
@@ -91,8 +91,8 @@ def ground_truth_skeletons(plan: RunPlan) -> SkeletonGraph:
     ground_truth = plan.arrays["ground_truth"]
     pieces: dict[int, list] = {}
     for chunk in _chunks(plan.volume_roi, plan.block_size):
-        roi = upper_overlap(chunk, plan.voxel_size).intersect(plan.volume_roi)
-        for neuron, piece in skeletonise(ground_truth.read(roi), roi.offset, plan.voxel_size, params).items():
+        labels, origin = sampled(ground_truth, chunk, plan.volume_roi, plan.voxel_size)
+        for neuron, piece in skeletonise(labels, origin, plan.voxel_size, params).items():
             pieces.setdefault(neuron, []).append(piece)
     skeletons = {}
     for neuron, parts in pieces.items():

@@ -1,8 +1,8 @@
-"""Meshes: zmesh's marching cubes on each block of one segmentation, simplified, joined into one
-mesh per segment.
+"""Meshes: zmesh's marching cubes on each block of one segmentation, sampled at the section's
+resolution (see ``pieces``), simplified, joined into one mesh per segment.
 
-Marching cubes works on the cells between voxel centres. Each block meshes its own voxels and
-the first voxel layer of its upper neighbours, so every cell belongs to exactly one block and
+Marching cubes works on the cells between samples. Each block meshes its own samples and the
+first layer of its upper neighbours', so every cell belongs to exactly one block and
 neighbours put identical vertices on their common face; zmesh's simplification never moves a
 piece's open boundary, so those vertices survive it and the join, which merges equal vertices,
 gives a closed surface. Outside the volume reads as background, so a neuron cut by the
@@ -15,26 +15,19 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Coordinate
 
 from neurosam.config import MeshesConfig
 from neurosam.layout import RunPlan, WorkerSetup, neurons_dir, pieces_dir, segmentation_role
-from neurosam.stages.pieces import Piece, group_count, join_all, join_layout, one_voxel_around, save_pieces, upper_overlap
+from neurosam.stages.pieces import Piece, group_count, join_all, join_layout, sample_around, sample_step, sampled, save_pieces
 from neurosam.stages.stage import Stage
 
 MESH_INFO = {"@type": "neuroglancer_legacy_mesh"}
 
 
-def mesh_roi(write_roi: Roi, volume_roi: Roi, voxel_size: Coordinate) -> Roi:
-    """The voxels whose cells a block meshes: its own, its upper neighbours' first layer, and on
-    the volume's lower faces the background layer outside them."""
-    roi = upper_overlap(write_roi, voxel_size)
-    at_lower_face = Coordinate(voxel if begin == start else 0 for voxel, begin, start in zip(voxel_size, write_roi.begin, volume_roi.begin))
-    return Roi(roi.offset - at_lower_face, roi.shape + at_lower_face)
-
-
 def mesh_pieces(labels: np.ndarray, origin: Coordinate, voxel_size: Coordinate, settings: MeshesConfig) -> dict[int, Piece]:
-    """Pieces of every segment of ``labels`` (z y x, first voxel at ``origin`` nm)."""
+    """Pieces of every segment of ``labels`` (z y x, samples ``voxel_size`` nm apart, the first at
+    ``origin`` nm)."""
     import zmesh
 
     mesher = zmesh.Mesher(tuple(voxel_size[::-1]))
@@ -65,10 +58,11 @@ def mesh_blocks(setup: WorkerSetup):
     plan, settings = setup.plan, setup.settings
     segmentation = plan.arrays[segmentation_role(mesh_threshold(plan))]
     out, groups = pieces_dir(plan.work_dir, setup.task.task_id), group_count(plan)
+    step = sample_step(plan, settings.resolution)
 
     def process(block) -> None:
-        roi = mesh_roi(block.write_roi, plan.volume_roi, plan.voxel_size)
-        save_pieces(out, block.block_id[1], mesh_pieces(segmentation.read(roi), roi.offset, plan.voxel_size, settings), groups)
+        labels, origin = sampled(segmentation, block.write_roi, plan.volume_roi, step)
+        save_pieces(out, block.block_id[1], mesh_pieces(labels, origin, step, settings), groups)
 
     yield process
 
@@ -96,7 +90,7 @@ def _enabled(config) -> bool:
     return config.meshes is not None
 
 
-STAGE = Stage("meshes", "neurosam.stages.meshes:mesh_blocks", one_voxel_around, sections=("meshes",), enabled=_enabled)
+STAGE = Stage("meshes", "neurosam.stages.meshes:mesh_blocks", sample_around("meshes"), sections=("meshes",), enabled=_enabled)
 JOIN_STAGE = Stage(
     "meshes_join", "neurosam.stages.meshes:join_mesh_blocks", join_layout, sections=("meshes",),
     enabled=_enabled, work_files=lambda plan: [meshes_dir(plan) / "info"],

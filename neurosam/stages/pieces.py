@@ -1,5 +1,10 @@
-"""What meshes and skeletons share: blocks read with one voxel around them, each block's pieces
-of every segment stored by group of segments, and a join that reads one group at a time.
+"""What meshes and skeletons share: the segmentation sampled on a coarser grid, blocks read with
+one sample around them, each block's pieces of every segment stored by group of segments, and a
+join that reads one group at a time.
+
+The grid samples every k-th voxel from the volume's origin (``sample_step``); k divides the block,
+so every block's samples lie on the one grid, and neighbouring blocks share the samples of their
+common face, where meshes and skeletons meet exactly.
 
 A block's pieces go to one file per group (``segment id % groups``, one group per block of the
 grid), so the join holds one group's pieces at a time, whatever the volume: its memory follows
@@ -17,17 +22,32 @@ from typing import Callable, Iterator
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from neurosam.layout import RunPlan
+from neurosam.layout import RunPlan, StoredArray
 from neurosam.stages.stage import Layout, blocks_with_context, whole_volume
 
 Piece = dict[str, np.ndarray]
 """One segment's piece from one block: named arrays (``vertices``, ``faces`` or ``edges``, ...)."""
 
 
-def one_voxel_around(plan: RunPlan) -> Layout:
-    """Blocks read with one voxel of context: neighbouring blocks share the voxels of their common
-    face, so meshes and skeletons meet there exactly."""
-    return blocks_with_context(plan.block_size, plan.voxel_size, plan.volume_roi)
+def sample_step(plan: RunPlan, resolution: tuple[int, int, int]) -> Coordinate:
+    """nm between samples: per axis the voxel size times the largest k at most ``resolution`` /
+    voxel size that divides the block."""
+    block_voxels = plan.block_size / plan.voxel_size
+    factors = [
+        max(k for k in range(1, max(1, wanted // voxel) + 1) if blocks % k == 0)
+        for wanted, voxel, blocks in zip(resolution, plan.voxel_size, block_voxels)
+    ]
+    return Coordinate(factors) * plan.voxel_size
+
+
+def sample_around(section: str):
+    """The layout of blocks read with one sample of context, the step set by ``section``'s resolution."""
+
+    def layout(plan: RunPlan) -> Layout:
+        step = sample_step(plan, getattr(plan.config, section).resolution)
+        return blocks_with_context(plan.block_size, step, plan.volume_roi)
+
+    return layout
 
 
 join_layout = whole_volume
@@ -37,9 +57,15 @@ def group_count(plan: RunPlan) -> int:
     return int(np.prod([-(-size // block) for size, block in zip(plan.volume_roi.shape, plan.block_size)]))
 
 
-def upper_overlap(write_roi: Roi, voxel_size: Coordinate) -> Roi:
-    """The write ROI and the first voxel layer of each upper neighbour."""
-    return Roi(write_roi.offset, write_roi.shape + voxel_size)
+def sampled(segmentation: StoredArray, write_roi: Roi, volume_roi: Roi, step: Coordinate) -> tuple[np.ndarray, Coordinate]:
+    """The block's samples and the first voxel layer of samples of its upper neighbours, and on the
+    volume's lower faces a layer of background outside them (so surfaces close there); with the
+    position (nm) of the first sample. Outside the volume reads as background."""
+    lower = Coordinate(s if begin == start else 0 for s, begin, start in zip(step, write_roi.begin, volume_roi.begin))
+    shape = Coordinate(-(-size // s) * s for size, s in zip(write_roi.shape, step))
+    roi = Roi(write_roi.offset - lower, shape + step + lower)
+    voxels = step / segmentation.voxel_size
+    return np.ascontiguousarray(segmentation.read(roi)[:: voxels[0], :: voxels[1], :: voxels[2]]), roi.offset
 
 
 def save_pieces(directory: Path, block_id: int, pieces: dict[int, Piece], groups: int) -> None:

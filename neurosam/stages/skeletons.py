@@ -1,7 +1,7 @@
-"""Skeletons: kimimaro (TEASAR) on each block of one segmentation, joined into one connected
-skeleton per segment.
+"""Skeletons: kimimaro (TEASAR) on each block of one segmentation, sampled at the section's
+resolution (see ``pieces``), joined into one connected skeleton per segment.
 
-Each block is skeletonised with the first voxel layer of its upper neighbours; kimimaro's
+Each block is skeletonised with the first layer of samples of its upper neighbours; kimimaro's
 ``fix_borders`` puts an end point of every segment that crosses a block face at the centre of
 its cross-section there, which both blocks compute alike, so the pieces share those vertices.
 The join merges shared vertices and lets kimimaro connect what is still apart, drop dust and
@@ -17,7 +17,7 @@ from funlib.geometry import Coordinate
 
 from neurosam.config import TeasarConfig
 from neurosam.layout import RunPlan, WorkerSetup, neurons_dir, pieces_dir, segmentation_role
-from neurosam.stages.pieces import Piece, group_count, join_all, join_layout, one_voxel_around, save_pieces, upper_overlap
+from neurosam.stages.pieces import Piece, group_count, join_all, join_layout, sample_around, sample_step, sampled, save_pieces
 from neurosam.stages.stage import Stage
 
 SKELETON_INFO = {
@@ -31,7 +31,8 @@ SKELETON_INFO = {
 
 
 def skeletonise(labels: np.ndarray, origin: Coordinate, voxel_size: Coordinate, params: TeasarConfig) -> dict[int, Piece]:
-    """Pieces of every segment of ``labels`` (z y x, first voxel at ``origin`` nm)."""
+    """Pieces of every segment of ``labels`` (z y x, samples ``voxel_size`` nm apart, the first at
+    ``origin`` nm)."""
     import kimimaro
 
     skeletons = kimimaro.skeletonize(
@@ -75,11 +76,11 @@ def skeleton_blocks(setup: WorkerSetup):
     plan, settings = setup.plan, setup.settings
     segmentation = plan.arrays[segmentation_role(skeleton_threshold(plan))]
     out, groups = pieces_dir(plan.work_dir, setup.task.task_id), group_count(plan)
+    step = sample_step(plan, settings.resolution)
 
     def process(block) -> None:
-        roi = upper_overlap(block.write_roi, plan.voxel_size)
-        pieces = skeletonise(segmentation.read(roi), roi.offset, plan.voxel_size, settings)
-        save_pieces(out, block.block_id[1], pieces, groups)
+        labels, origin = sampled(segmentation, block.write_roi, plan.volume_roi, step)
+        save_pieces(out, block.block_id[1], skeletonise(labels, origin, step, settings), groups)
 
     yield process
 
@@ -107,7 +108,7 @@ def _enabled(config) -> bool:
 
 
 STAGE = Stage(
-    "skeletons", "neurosam.stages.skeletons:skeleton_blocks", one_voxel_around, sections=("skeletons",), enabled=_enabled,
+    "skeletons", "neurosam.stages.skeletons:skeleton_blocks", sample_around("skeletons"), sections=("skeletons",), enabled=_enabled,
 )
 JOIN_STAGE = Stage(
     "skeletons_join", "neurosam.stages.skeletons:join_skeleton_blocks", join_layout, sections=("skeletons",),
