@@ -5,8 +5,11 @@ throughput benchmark's volume (the medulla boundary map with noise, mirrored to 
 Three runs of one config, each in a fresh child process whose CPU seconds (RUSAGE_CHILDREN:
 the orchestrator, daisy and every worker) are counted: post-processing alone (fragments,
 contacts, segment, relabel at the default thresholds); then with a ``meshes`` section, which
-resumes and runs only the meshes stages; then with ``skeletons`` too. Each stage's worker peak
-memory (VmHWM, written by each worker as it exits) shows that it follows the block size.
+resumes and runs only the meshes stages; then with ``skeletons`` too. A last run with nothing
+left to do measures what any run costs to start (interpreter, imports, planning, done records):
+in one run with meshes and skeletons that is paid once, so it is taken off the two added runs
+for the verdict. Each stage's worker peak memory (VmHWM, written by each worker as it exits)
+shows that it follows the block size.
 
     python benchmarks/neurons_cost.py --size 512 --block 128
 """
@@ -101,16 +104,21 @@ def main() -> None:
         config["skeletons"] = {}
         config_path.write_text(yaml.safe_dump(config))
         skeleton_cpu, skeleton_wall = measured(config_path)
+        start_cpu, _ = measured(config_path)
         peaks = worker_peaks(root / "peaks")
 
-    added = (mesh_cpu + skeleton_cpu) / post_cpu
+    added = (mesh_cpu + skeleton_cpu - 2 * start_cpu) / post_cpu
     print(f"volume {args.size}^3 voxels, blocks of {args.block}^3, {args.workers} workers")
     print(f"post-processing    {post_cpu:8.1f} CPU s  ({post_wall:.1f} s wall)")
     print(f"meshes (+join)     {mesh_cpu:8.1f} CPU s  ({mesh_wall:.1f} s wall)  {mesh_cpu / post_cpu:6.1%} of post-processing")
     print(f"skeletons (+join)  {skeleton_cpu:8.1f} CPU s  ({skeleton_wall:.1f} s wall)  {skeleton_cpu / post_cpu:6.1%} of post-processing")
+    print(f"a run with nothing to do {start_cpu:8.1f} CPU s (paid once in a run with meshes and skeletons)")
     print("worker peak memory by stage: " + ", ".join(f"{stage} {kib / 1024:.0f} MiB" for stage, kib in sorted(peaks.items())))
     verdict = "met" if added <= TARGET else "NOT met"
-    print(f"verdict: meshes and skeletons add {added:.1%} to post-processing CPU (target at most {TARGET:.0%}): {verdict}")
+    print(
+        f"verdict: meshes and skeletons add {added:.1%} to post-processing CPU, their runs' start-up taken off "
+        f"(target at most {TARGET:.0%}): {verdict}"
+    )
 
 
 if __name__ == "__main__":
