@@ -58,6 +58,7 @@ def mesh_blocks(setup: WorkerSetup):
     plan, settings = setup.plan, setup.settings
     segmentation = plan.arrays[segmentation_role(mesh_threshold(plan))]
     out, groups = pieces_dir(plan.work_dir, setup.task.task_id), group_count(plan)
+    out.mkdir(parents=True, exist_ok=True)
     step = sample_step(plan, settings.resolution)
 
     def process(block) -> None:
@@ -90,7 +91,10 @@ def _enabled(config) -> bool:
     return config.meshes is not None
 
 
-STAGE = Stage("meshes", "neurosam.stages.meshes:mesh_blocks", sample_around("meshes"), sections=("meshes",), enabled=_enabled)
+STAGE = Stage(
+    "meshes", "neurosam.stages.meshes:mesh_blocks", sample_around("meshes"), sections=("meshes",), enabled=_enabled,
+    work_files=lambda plan: [pieces_dir(plan.work_dir, plan.task_of_stage("meshes").task_id)],
+)
 JOIN_STAGE = Stage(
     "meshes_join", "neurosam.stages.meshes:join_mesh_blocks", join_layout, sections=("meshes",),
     enabled=_enabled, work_files=lambda plan: [meshes_dir(plan) / "info"],

@@ -76,6 +76,7 @@ def skeleton_blocks(setup: WorkerSetup):
     plan, settings = setup.plan, setup.settings
     segmentation = plan.arrays[segmentation_role(skeleton_threshold(plan))]
     out, groups = pieces_dir(plan.work_dir, setup.task.task_id), group_count(plan)
+    out.mkdir(parents=True, exist_ok=True)
     step = sample_step(plan, settings.resolution)
 
     def process(block) -> None:
@@ -109,6 +110,7 @@ def _enabled(config) -> bool:
 
 STAGE = Stage(
     "skeletons", "neurosam.stages.skeletons:skeleton_blocks", sample_around("skeletons"), sections=("skeletons",), enabled=_enabled,
+    work_files=lambda plan: [pieces_dir(plan.work_dir, plan.task_of_stage("skeletons").task_id)],
 )
 JOIN_STAGE = Stage(
     "skeletons_join", "neurosam.stages.skeletons:join_skeleton_blocks", join_layout, sections=("skeletons",),
