@@ -84,7 +84,8 @@ def test_outputs_are_well_formed(gala_blockwise):
     ground_truth = open_array(config.datasets.ground_truth)
     for threshold in (0.5, 0.8):
         written = evaluate(read_segmentation(config, threshold), ground_truth[ground_truth.roi])
-        assert report["thresholds"][f"{threshold:.4f}"] == pytest.approx(written, rel=1e-9), "the report does not score the written segmentation"
+        reported = {name: report["thresholds"][f"{threshold:.4f}"][name] for name in written}
+        assert reported == pytest.approx(written, rel=1e-9), "the report does not score the written segmentation"
     for picture in ("evaluation.png", "segmentation.png"):
         assert (config.work_dir / picture).stat().st_size > 10_000
     picture = matplotlib.image.imread(config.work_dir / "segmentation.png")[..., :3]
