@@ -164,21 +164,22 @@ class SegmentConfig(StrictModel):
         }
     )
     thresholds: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7])
-    edges_per_page: int = Field(1_000_000, ge=1)
+    super_block_factor: int = Field(2, ge=2)
+    """Blocks per axis that a level-0 super-block of the global agglomeration groups, and
+    super-blocks per axis that each level above groups: a worker holds one super-block's graph."""
 
     @field_validator("scoring_functions")
     @classmethod
     def _names(cls, scoring_functions: dict[str, str]) -> dict[str, str]:
         if not scoring_functions:
             raise ValueError("at least one scoring function is needed")
-        from neurosam.graph.agglomeration import Scorer
-        from neurosam.graph.scoring import ScoringFunctionError
+        from neurosam.graph.scoring import Program, ScoringFunctionError
 
         for name, function in scoring_functions.items():
             if not name.isidentifier():
                 raise ValueError(f"scoring function name {name!r} must be an identifier")
             try:
-                Scorer(function)
+                Program(function)
             except ScoringFunctionError as error:
                 raise ValueError(f"{name}: not a waterz scoring function ({error})") from None
         return scoring_functions
@@ -395,6 +396,12 @@ def _refuse_renamed_keys(data: dict, path: Path) -> None:
         raise ConfigError(
             f"{path}: the agglomerate section is gone: its scoring_functions are now segment.scoring_functions "
             "(the stage that computes contact statistics is now called contacts)"
+        )
+    segment = data.get("segment")
+    if isinstance(segment, dict) and "edges_per_page" in segment:
+        raise ConfigError(
+            f"{path}: segment.edges_per_page is gone: the segment stage reads one super-block's edges at a time "
+            "(segment.super_block_factor sets its size)"
         )
     workers = data.get("workers")
     if isinstance(workers, dict) and isinstance(workers.get("stages"), dict) and "agglomerate" in workers["stages"]:

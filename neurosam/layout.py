@@ -126,6 +126,8 @@ class TaskLayout:
     total_roi: Roi
     read_roi: Roi
     write_roi: Roi
+    level: int = 0
+    """Which level of a stage that runs as several tasks (``Stage.steps``)."""
 
     def to_json(self) -> dict:
         return {
@@ -135,13 +137,14 @@ class TaskLayout:
             "total_roi": _roi_json(self.total_roi),
             "read_roi": _roi_json(self.read_roi),
             "write_roi": _roi_json(self.write_roi),
+            "level": self.level,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> TaskLayout:
         return cls(
             data["task_id"], data["stage"], data["block_function"],
-            _roi(data["total_roi"]), _roi(data["read_roi"]), _roi(data["write_roi"]),
+            _roi(data["total_roi"]), _roi(data["read_roi"]), _roi(data["write_roi"]), data["level"],
         )
 
 
@@ -163,6 +166,10 @@ class RunPlan:
 
     def task_of_stage(self, stage: str) -> TaskLayout:
         return next(task for task in self.tasks.values() if task.stage == stage)
+
+    def tasks_of_stage(self, stage: str) -> list[TaskLayout]:
+        """In order: a stage may run as several tasks (``Stage.steps``)."""
+        return [task for task in self.tasks.values() if task.stage == stage]
 
     @property
     def work_dir(self) -> Path:
@@ -301,16 +308,20 @@ def segmentation_path(config: RunConfig, threshold: float) -> str:
     return f"{config.datasets.segmentation}/{config.segment.scoring_function}/threshold_{threshold:.4f}"
 
 
-def lookup_dir(config: RunConfig) -> Path:
-    return config.work_dir / "lookup" / config.segment.scoring_function
+def hierarchy_dir(config: RunConfig) -> Path:
+    return config.work_dir / "hierarchy" / config.segment.scoring_function
 
 
-def fragment_ids_path(config: RunConfig) -> Path:
-    return lookup_dir(config) / "fragment_ids.npy"
+def super_block_path(config: RunConfig, level: int, position: tuple[int, ...]) -> Path:
+    """What a super-block of the global agglomeration leaves its parent and its way down
+    (``neurosam.graph.hierarchy.SuperBlock``)."""
+    return hierarchy_dir(config) / f"level_{level}" / f"{'_'.join(map(str, position))}.npz"
 
 
-def lookup_path(config: RunConfig, threshold: float) -> Path:
-    return lookup_dir(config) / f"threshold_{threshold:.4f}.npy"
+def segment_table_path(config: RunConfig, level: int, position: tuple[int, ...]) -> Path:
+    """The final segment, per threshold, of each of a super-block's inputs; at level 0 its
+    fragments, which is all relabel reads."""
+    return hierarchy_dir(config) / f"level_{level}" / f"{'_'.join(map(str, position))}.table.npz"
 
 
 def neurons_dir(config: RunConfig, threshold: float) -> Path:
@@ -323,11 +334,6 @@ def pieces_dir(work_dir: Path, task_id: str) -> Path:
     """A meshes or skeletons task's pieces, one file per block and group of segments, read by
     its join: under the task id, so pieces of another segmentation are never joined."""
     return Path(work_dir) / "pieces" / task_id
-
-
-def union_find_path(config: RunConfig) -> Path:
-    """The segment stage's working file, removed when the lookup tables are written."""
-    return lookup_dir(config) / "union_find.npy"
 
 
 @dataclass(frozen=True)

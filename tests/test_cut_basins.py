@@ -1,13 +1,17 @@
 """Cut basins rejoined: fragments that are pieces of one watershed basin, cut by a block face,
-are joined by ``join_cut_basins`` into exactly the graph the one-volume watershed gives (node
-sizes, edges and every statistic), on arrays, without a run."""
+are joined by the merge loop's forced edges, before any other merge and even where they are
+frozen, into exactly the graph the one-volume watershed gives (node sizes, edges, every
+statistic and each pair's maximum for the quantiles), on arrays, without a run."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
 
-from neurosam.graph.agglomeration import EDGE_STATISTICS, contact_statistics, join_cut_basins
+from neurosam.config import HIST_QUANT_50
+from neurosam.graph.agglomeration import contact_statistics
+from neurosam.graph.merging import Graph, merge
+from neurosam.graph.scoring import Program
 
 SHAPE = (12, 20, 24)
 FACES = (7, 12)
@@ -45,22 +49,33 @@ def test_rejoined_graph_equals_the_one_volume_graph():
         claimed[2][..., face] = labels[..., face - 1] == labels[..., face]
 
     ids, sizes, u, v, statistics = graph(cut, affinities, claimed)
-    basin, (basin_sizes, basin_u, basin_v, folded) = join_cut_basins(sizes, u, v, statistics)
-    assert len(np.unique(basin)) == len(np.unique(labels)) < len(ids)
+    claimed_area, area = statistics["claimed_area"], statistics["contact_area"]
+    forced = (claimed_area > 0) & (2 * claimed_area >= area)
+    # Every node frozen and a threshold below every score: only the forced edges merge, and
+    # every edge left is deferred, as it stands.
+    joined = merge(
+        Graph(len(ids), u, v, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, forced),
+        Program(HIST_QUANT_50), 0.0, frozen=np.ones(len(ids), dtype=bool),
+    )
+    basin = joined.root
+    roots = np.unique(basin)
+    assert len(roots) == len(np.unique(labels)) < len(ids)
 
     one_ids, one_sizes, one_u, one_v, one_statistics = graph(labels, affinities)
     # A basin is named by the one-volume label of its pieces, which all share it.
-    label_of_basin = np.zeros(len(basin_sizes), dtype=np.int64)
-    label_of_basin[basin] = ids % 1000
-    assert all(len(np.unique(ids[basin == b] % 1000)) == 1 for b in range(len(basin_sizes)))
-    position = np.searchsorted(one_ids, label_of_basin)
-    np.testing.assert_array_equal(one_sizes[position], basin_sizes)
+    label_of = np.zeros(len(ids), dtype=np.int64)
+    label_of[basin] = ids % 1000
+    assert all(len(np.unique(ids[basin == root] % 1000)) == 1 for root in roots)
+    np.testing.assert_array_equal(one_sizes[np.searchsorted(one_ids, label_of[roots])], np.bincount(basin, weights=sizes)[roots])
 
-    a, b = position[basin_u], position[basin_v]
+    edges = joined.deferred
+    a, b = np.searchsorted(one_ids, label_of[edges.u]), np.searchsorted(one_ids, label_of[edges.v])
     low, high = np.minimum(a, b), np.maximum(a, b)
     order = np.lexsort((high, low))
     one_order = np.lexsort((one_v, one_u))
     np.testing.assert_array_equal(low[order], one_u[one_order])
     np.testing.assert_array_equal(high[order], one_v[one_order])
-    for name in EDGE_STATISTICS:
-        np.testing.assert_array_equal(folded[name][order], one_statistics[name][one_order], err_msg=name)
+    for ours, name in ((edges.maximum, "affinity_max"), (edges.minimum, "affinity_min"), (edges.total, "affinity_sum"), (edges.area, "contact_area")):
+        np.testing.assert_array_equal(ours[order], one_statistics[name][one_order], err_msg=name)
+    assert (np.diff(edges.maxima_offsets) == 1).all()
+    np.testing.assert_array_equal(edges.maxima[order], one_statistics["affinity_max"][one_order])

@@ -82,6 +82,14 @@ USER_ERRORS = {
     # Issue 17 renamed the contact-statistics stage and moved its settings: old keys name the new ones.
     "the agglomerate section": (set_in("agglomerate", "scoring_functions", {"hist_quant_50": HIST_QUANT_50}), "segment.scoring_functions"),
     "the agglomerate stage's workers": (set_in("workers", "stages", {"agglomerate": {"count": 1}}), "workers.stages.contacts"),
+    # Issue 18: the hierarchical agglomeration is exact only for some scoring functions.
+    "a scoring function the hierarchy cannot keep exact": (
+        lambda c: c.update(segment={
+            "scoring_functions": {"by_area": "OneMinus<Multiply<MeanAffinity<RegionGraphType, ScoreValue>, ContactArea<RegionGraphType>>>"},
+            "scoring_function": "by_area",
+        }),
+        "segment.scoring_function by_area: the hierarchical agglomeration is exact only",
+    ),
     # 8: a password in the URL's query string was printed in clear.
     "password in the query string": (
         lambda c: c.update(rag={"url": f"postgresql://neurosam@127.0.0.1:{closed_port()}/neurosam?password=secret"}), "***",

@@ -71,16 +71,18 @@ def assert_same_results(config, reference) -> None:
         # The reference's own task ids: a stage registered for one test changes the ids after it.
         reference_tasks = json.loads(summary_path(reference.work_dir).read_text())["tasks"]
         for theirs_id in reference_tasks:
-            stage = theirs_id.split("-")[0]
-            assert ours.done_blocks(task_ids(config)[stage]) == theirs.done_blocks(theirs_id), stage
+            stage, _, *step = theirs_id.split("-")
+            ours_id = "-".join([task_ids(config)[stage], *step])
+            assert ours.done_blocks(ours_id) == theirs.done_blocks(theirs_id), theirs_id
     scores = [json.loads(evaluation_path(c.work_dir).read_text())["thresholds"] for c in (config, reference)]
     assert scores[0] == scores[1]
 
 
-#: Where a run is killed: after a few blocks of a block-wise stage, or as soon as the stage
-#: before a whole-volume one has finished (segment and evaluate are one block each).
-KILLS = {"fragments": ("fragments", 3), "contacts": ("contacts", 3), "segment": ("contacts", None),
-         "relabel": ("relabel", 3), "evaluate": ("relabel", None)}
+#: Where a run is killed: after a few blocks of a block-wise stage or of a level of segment (up:
+#: the first of four super-blocks; down: the last level), or as soon as the stage before a
+#: whole-volume one has finished (evaluate is one block).
+KILLS = {"fragments": ("fragments", "", 3), "contacts": ("contacts", "", 3), "segment up": ("segment", "-up0", 1),
+         "segment down": ("segment", "-down0", 1), "relabel": ("relabel", "", 3), "evaluate": ("relabel", "", None)}
 
 
 @pytest.mark.parametrize("stage", list(KILLS))
@@ -88,8 +90,8 @@ def test_whole_run_killed_mid_stage_resumes_exactly(gala, reference, tmp_path, s
     path = write_config(tmp_path / "run", gala, **BLOCKS, segment=SEGMENT)
     config = load_config(path)
     plan = plan_run(config, check_database=False)
-    watched, count = KILLS[stage]
-    task = task_ids(config)[watched]
+    watched, step, count = KILLS[stage]
+    task = task_ids(config)[watched] + step
     process = start_run(path)
     wait_for_done_blocks(config, task, count or block_count(plan.tasks[task]), process)
     os.killpg(process.pid, signal.SIGKILL)

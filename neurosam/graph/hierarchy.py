@@ -76,9 +76,10 @@ class Edges:
 
     @staticmethod
     def concatenate(parts: list[Edges]) -> Edges:
-        offsets = [np.zeros(1, dtype=np.int64)]
+        offsets, elements = [np.zeros(1, dtype=np.int64)], 0
         for part in parts:
-            offsets.append(part.maxima_offsets[1:] + offsets[-1][-1])
+            offsets.append(part.maxima_offsets[1:] + elements)
+            elements += len(part.maxima)
         names = [f.name for f in fields(Edges)][:-1]
         return Edges(*(np.concatenate([getattr(part, name) for part in parts]) for name in names), np.concatenate(offsets))
 

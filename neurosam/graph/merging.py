@@ -6,7 +6,9 @@ other), folding parallel edges into one and scoring the folded edge again. An ed
 are its contact's maximum, minimum, sum of affinities and area, and for quantile scores the
 multiset of its fragment pairs' maxima (waterz's ``InitWithMax``), kept as linked lists so that
 folding two edges is a splice. A forced edge (the pieces of one watershed basin cut by block
-faces) scores below everything.
+faces) scores below everything and merges even frozen regions: joining the pieces is how one
+volume's watershed would have built the graph, so their pairs with a fragment beyond fold into
+one pair, of the larger maximum, before any merging.
 
 Frozen regions support the hierarchy (``neurosam.graph.hierarchy``): a region that may have edges
 this graph does not hold never merges here. An edge with a frozen end is deferred when it is
@@ -22,8 +24,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import types
-from numba.typed import Dict
 
 from neurosam.graph.scoring import (
     ADD, AREA, CONSTANT, DIVIDE, HISTOGRAM_QUANTILE, INVERT, MAX, MEAN, MIN, MULTIPLY, ONE_MINUS, QUANTILE, SQUARE, STEP,
@@ -177,12 +177,40 @@ def _push(heap_score, heap_edge, size, score, edge):
     return size + 1
 
 
+EMPTY, DELETED = -1, -2
+
+
 @numba.njit(cache=True, nogil=True)
-def _pop(heap_score, heap_edge, size):
-    """Remove the top (read it before); returns the new size."""
-    size -= 1
-    score, edge = heap_score[size], heap_edge[size]
-    i = 0
+def _slot(keys, key):
+    """Where ``key`` is in the open-addressing table (linear probing), or where it would go."""
+    mask = len(keys) - 1
+    h = key * -7046029254386353131  # Fibonacci hashing: 2**64 / golden ratio
+    i = (h ^ (h >> 29)) & mask
+    free = -1
+    while keys[i] != EMPTY:
+        if keys[i] == key:
+            return i
+        if keys[i] == DELETED and free < 0:
+            free = i
+        i = (i + 1) & mask
+    return i if free < 0 else free
+
+
+@numba.njit(cache=True, nogil=True)
+def _rebuild(keys, values):
+    """The same entries without the deleted ones, whose slots would lengthen every probe."""
+    old_keys, old_values = keys.copy(), values.copy()
+    keys[:] = EMPTY
+    for i in range(len(old_keys)):
+        if old_keys[i] >= 0:
+            j = _slot(keys, old_keys[i])
+            keys[j] = old_keys[i]
+            values[j] = old_values[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(heap_score, heap_edge, size, i):
+    score, edge = heap_score[i], heap_edge[i]
     while True:
         child = 2 * i + 1
         if child >= size:
@@ -194,20 +222,32 @@ def _pop(heap_score, heap_edge, size):
         heap_score[i] = heap_score[child]
         heap_edge[i] = heap_edge[child]
         i = child
+    heap_score[i] = score
+    heap_edge[i] = edge
+
+
+@numba.njit(cache=True, nogil=True)
+def _pop(heap_score, heap_edge, size):
+    """Remove the top (read it before); returns the new size."""
+    size -= 1
     if size > 0:
-        heap_score[i] = score
-        heap_edge[i] = edge
+        heap_score[0], heap_edge[0] = heap_score[size], heap_edge[size]
+        _sift_down(heap_score, heap_edge, size, 0)
     return size
 
 
 @numba.njit(cache=True, nogil=True)
-def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, next_element):
+def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, collapse):
+    """Fold edge e into edge ``into``. ``collapse``: the pieces of one basin are joining, so two
+    pairs with one fragment on the other side are one pair, of the larger maximum."""
     maximum[into] = max(maximum[into], maximum[e])
     minimum[into] = min(minimum[into], minimum[e])
     total[into] += total[e]
     area[into] += area[e]
     forced[into] = forced[into] or forced[e]
-    if length[e] > 0:
+    if collapse and length[into] == 1 and length[e] == 1:
+        value[head[into]] = max(value[head[into]], value[head[e]])
+    elif length[e] > 0:
         if length[into] > 0:
             next_element[tail[into]] = head[e]
         else:
@@ -223,29 +263,36 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     (the smallest node of each region, and the score), each node's parent (roots point at
     themselves), each root's smallest node and highest merge score, and the edges still alive."""
     edges = ends.shape[0]
-    parent = np.arange(nodes)
-    smallest = np.arange(nodes)
+    parent = np.arange(nodes, dtype=np.int32)
+    smallest = np.arange(nodes, dtype=np.int32)
     complete_at = np.full(nodes, -np.inf)
-    list_head = np.full(nodes, -1, dtype=np.int64)
-    list_tail = np.full(nodes, -1, dtype=np.int64)
-    list_length = np.zeros(nodes, dtype=np.int64)
-    next_half = np.full(2 * edges, -1, dtype=np.int64)
+    list_head = np.full(nodes, -1, dtype=np.int32)
+    list_tail = np.full(nodes, -1, dtype=np.int32)
+    list_length = np.zeros(nodes, dtype=np.int32)
+    next_half = np.full(2 * edges, -1, dtype=np.int32)
     alive = np.ones(edges, dtype=np.bool_)
     deferred = np.zeros(edges, dtype=np.bool_)
     score = np.empty(edges)
-    index = Dict.empty(key_type=types.int64, value_type=types.int64)
+    capacity = 16
+    while capacity < 2 * edges:
+        capacity *= 2
+    keys = np.full(capacity, EMPTY, dtype=np.int64)
+    values = np.empty(capacity, dtype=np.int32)
+    used = 0
     stack = np.empty(len(codes) + 1)
     counts = np.zeros(max(bins, 1), dtype=np.int64)
     scratch = np.empty(scratch_size)
 
     for e in range(edges):
         a, b = ends[e, 0], ends[e, 1]
-        key = min(a, b) * nodes + max(a, b)
-        if key in index:
-            _fold(index[key], e, maximum, minimum, total, area, forced, head, tail, length, next_element)
+        slot = _slot(keys, np.int64(min(a, b)) * nodes + max(a, b))
+        if keys[slot] >= 0:
+            _fold(values[slot], e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, False)
             alive[e] = False
             continue
-        index[key] = e
+        keys[slot] = np.int64(min(a, b)) * nodes + max(a, b)
+        values[slot] = e
+        used += 1
         for side in range(2):
             node, half = ends[e, side], 2 * e + side
             if list_length[node] == 0:
@@ -256,12 +303,15 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
             list_length[node] += 1
 
     heap_score = np.empty(edges + 16)
-    heap_edge = np.empty(edges + 16, dtype=np.int64)
+    heap_edge = np.empty(edges + 16, dtype=np.int32)
     size = 0
     for e in range(edges):
         if alive[e]:
             score[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
-            size = _push(heap_score, heap_edge, size, score[e], e)
+            heap_score[size], heap_edge[size] = score[e], e
+            size += 1
+    for i in range(size // 2 - 1, -1, -1):
+        _sift_down(heap_score, heap_edge, size, i)
 
     kept_out = np.empty(16, dtype=np.int64)
     merged_out = np.empty(16, dtype=np.int64)
@@ -275,7 +325,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         if not alive[e] or deferred[e] or s != score[e]:
             continue
         a, b = ends[e, 0], ends[e, 1]
-        if frozen[a] or frozen[b]:
+        if (frozen[a] or frozen[b]) and not forced[e]:
             deferred[e] = True
             frozen[a] = True
             frozen[b] = True
@@ -288,29 +338,37 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         merges += 1
         big, small = (a, b) if list_length[a] >= list_length[b] else (b, a)
         alive[e] = False
-        del index[min(a, b) * nodes + max(a, b)]
+        keys[_slot(keys, np.int64(min(a, b)) * nodes + max(a, b))] = DELETED
+        if 4 * used > 3 * len(keys):
+            _rebuild(keys, values)
+            used = 0
+            for i in range(len(keys)):
+                used += keys[i] >= 0
         half = list_head[small]
         while half >= 0:
             moving = half >> 1
             if alive[moving]:
                 side = half & 1
                 other = ends[moving, 1 - side]
-                del index[min(small, other) * nodes + max(small, other)]
-                key = min(big, other) * nodes + max(big, other)
+                keys[_slot(keys, np.int64(min(small, other)) * nodes + max(small, other))] = DELETED
+                key = np.int64(min(big, other)) * nodes + max(big, other)
                 ends[moving, side] = big
-                if key in index:
-                    existing = index[key]
-                    _fold(existing, moving, maximum, minimum, total, area, forced, head, tail, length, next_element)
+                slot = _slot(keys, key)
+                if keys[slot] == key:
+                    existing = values[slot]
+                    _fold(existing, moving, maximum, minimum, total, area, forced, head, tail, length, next_element, value, forced[e])
                     alive[moving] = False
                     new = _score(existing, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
                     if new != score[existing]:
                         score[existing] = new
                         if size == len(heap_score):
                             heap_score = np.concatenate((heap_score, np.empty(size)))
-                            heap_edge = np.concatenate((heap_edge, np.empty(size, dtype=np.int64)))
+                            heap_edge = np.concatenate((heap_edge, np.empty(size, dtype=np.int32)))
                         size = _push(heap_score, heap_edge, size, new, existing)
                 else:
-                    index[key] = moving
+                    used += keys[slot] == EMPTY
+                    keys[slot] = key
+                    values[slot] = moving
             half = next_half[half]
         if list_length[small] > 0:
             if list_length[big] > 0:
@@ -320,6 +378,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
             list_tail[big] = list_tail[small]
             list_length[big] += list_length[small]
         parent[small] = big
+        frozen[big] = frozen[a] or frozen[b]
         smallest[big] = min(smallest[a], smallest[b])
         complete_at[big] = max(max(complete_at[a], complete_at[b]), s)
 
@@ -359,15 +418,15 @@ def _gather_maxima(edges, head, next_element, value, length):
 def _maxima(graph: Graph, program: Program) -> tuple[np.ndarray, np.ndarray]:
     """The pair maxima of every edge, and how many each has (none where no quantile is scored)."""
     if not program.uses_maxima:
-        return np.zeros(0, dtype=np.float32), np.zeros(len(graph.u), dtype=np.int64)
+        return np.zeros(0, dtype=np.float32), np.zeros(len(graph.u), dtype=np.int32)
     if graph.maxima is None:
-        return graph.maximum.astype(np.float32), np.ones(len(graph.u), dtype=np.int64)
-    return graph.maxima.astype(np.float32), np.diff(graph.maxima_offsets).astype(np.int64)
+        return graph.maximum.astype(np.float32), np.ones(len(graph.u), dtype=np.int32)
+    return graph.maxima.astype(np.float32), np.diff(graph.maxima_offsets).astype(np.int32)
 
 
 def _chained(lengths: np.ndarray, count: int) -> np.ndarray:
     """Each element's successor in its edge's list (stored one edge after another), -1 at the end."""
-    next_element = np.arange(1, count + 1, dtype=np.int64)
+    next_element = np.arange(1, count + 1, dtype=np.int32)
     ends = np.cumsum(lengths)[lengths > 0] - 1
     next_element[ends] = -1
     return next_element
@@ -376,14 +435,14 @@ def _chained(lengths: np.ndarray, count: int) -> np.ndarray:
 def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray | None = None) -> Merged:
     """Merge ``graph`` in increasing score order until the lowest score left reaches
     ``threshold``; regions marked ``frozen`` never merge (see the module's docstring)."""
-    edges = len(graph.u)
-    ends = np.stack([graph.u, graph.v], axis=1).astype(np.int64)
-    maximum, minimum = graph.maximum.astype(np.float64), graph.minimum.astype(np.float64)
+    ends = np.stack([graph.u, graph.v], axis=1).astype(np.int32)
+    # Maxima and minima are affinities, exact in float32; sums and areas grow.
+    maximum, minimum = graph.maximum.astype(np.float32), graph.minimum.astype(np.float32)
     total, area = graph.total.astype(np.float64), graph.area.astype(np.float64)
     forced = graph.forced.astype(np.bool_)
     value, lengths = _maxima(graph, program)
-    head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1)
-    tail = np.where(lengths > 0, head + lengths - 1, -1)
+    head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1).astype(np.int32)
+    tail = np.where(lengths > 0, head + lengths - 1, -1).astype(np.int32)
     next_element = _chained(lengths, len(value))
     frozen = np.zeros(graph.nodes, dtype=np.bool_) if frozen is None else frozen.astype(np.bool_).copy()
     kept, merged, scores, parent, smallest, complete_at, alive = _merge_loop(
@@ -415,10 +474,10 @@ def _score_all(codes, parameters, maximum, minimum, total, area, forced, head, l
 def score_edges(graph: Graph, program: Program) -> np.ndarray:
     """Every edge's score, as the merge loop takes it: to check a merge history against."""
     value, lengths = _maxima(graph, program)
-    head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1)
+    head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1).astype(np.int32)
     next_element = _chained(lengths, len(value))
     return _score_all(
-        program.codes, program.parameters, graph.maximum.astype(np.float64), graph.minimum.astype(np.float64),
+        program.codes, program.parameters, graph.maximum.astype(np.float32), graph.minimum.astype(np.float32),
         graph.total.astype(np.float64), graph.area.astype(np.float64), graph.forced.astype(np.bool_), head, lengths,
         next_element, value, program.bins, max(len(value), 1),
     )

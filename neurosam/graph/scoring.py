@@ -231,6 +231,6 @@ def inexact_reason(text: str) -> str | None:
     if monotone(tree) is None or sum(leaf != "Constant" for leaf in leaves) > 1:
         return (
             "the hierarchical agglomeration is exact only for a monotone function of one of "
-            f"{', '.join(BETWEEN_PARTS)} (with constants); {text} is not one"
+            f"{', '.join(BETWEEN_PARTS)} (and constants), and this is not one"
         )
     return None

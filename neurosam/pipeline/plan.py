@@ -70,9 +70,14 @@ def task_ids(config: RunConfig) -> dict[str, str]:
     return ids
 
 
-def _task_layout(stage: Stage, task_id: str, plan: RunPlan) -> TaskLayout:
-    total_roi, read_roi, write_roi = stage.layout(plan)
-    return TaskLayout(task_id, stage.name, stage.block_function, total_roi, read_roi, write_roi)
+def _task_layouts(stage: Stage, task_id: str, plan: RunPlan) -> list[TaskLayout]:
+    """One task, or one per step of a stage that runs as several (its id then ends in the step's name)."""
+    if stage.steps is None:
+        return [TaskLayout(task_id, stage.name, stage.block_function, *stage.layout(plan))]
+    return [
+        TaskLayout(f"{task_id}-{step.name}", stage.name, step.block_function, *step.layout, step.level)
+        for step in stage.steps(plan)
+    ]
 
 
 def check_work_dir(config: RunConfig) -> None:
@@ -108,7 +113,8 @@ def plan_run(config: RunConfig, check_database: bool = True) -> RunPlan:
     ids = task_ids(config)
     for stage in stages_for(config):
         stage.check_inputs(plan)
-        plan.tasks[ids[stage.name]] = _task_layout(stage, ids[stage.name], plan)
+        for task in _task_layouts(stage, ids[stage.name], plan):
+            plan.tasks[task.task_id] = task
         for output in stage.outputs(plan):
             _check_output(output, plan)
             plan.arrays[output.role] = StoredArray(output.path, volume_roi, voxel_size, output.channels)

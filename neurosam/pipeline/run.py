@@ -116,7 +116,7 @@ def tasks_until(plan: RunPlan, until: str | None) -> list[str]:
     names = [task.stage for task in plan.tasks.values()]
     if until is not None and until not in names:
         raise ValueError(f"no stage {until!r} in this run; stages are {names}")
-    stop = len(names) if until is None else names.index(until) + 1
+    stop = len(names) if until is None else len(names) - names[::-1].index(until)
     return list(plan.tasks)[:stop]
 
 

@@ -37,7 +37,7 @@ from funlib.geometry import Coordinate
 from neurosam.io.volumes import dataset_exists, open_storage
 from neurosam.layout import RunPlan, TaskLayout
 from neurosam.pipeline.registry import stages_for
-from neurosam.pipeline.tasks import block_ids
+from neurosam.pipeline.tasks import block_count, block_ids
 from neurosam.rag import RagStore
 from neurosam.stages.stage import OutputArray, Stage
 
@@ -95,7 +95,8 @@ def _missing_chunk(task: TaskLayout, output: OutputArray, plan: RunPlan, done: s
 
 
 def _distrust(plan: RunPlan, stage: Stage, task: TaskLayout, done: set[int], stamp: str | None, digests: dict[str, str]) -> str | None:
-    """Why the task's done records cannot be trusted; None when they can."""
+    """Why the task's done records cannot be trusted; None when they can. The stage's work files
+    are there once its last task is finished."""
     if stamp is None:
         return "its done blocks have no stamp recorded (written by an older neurosam)"
     recorded = json.loads(stamp)
@@ -108,7 +109,8 @@ def _distrust(plan: RunPlan, stage: Stage, task: TaskLayout, done: set[int], sta
             block = _missing_chunk(task, output, plan, done)
             if block is not None:
                 return f"{output.role} {output.path} has lost the chunks of done block {block}"
-    for path in stage.work_files(plan):
+    finished = task == plan.tasks_of_stage(stage.name)[-1] and len(done) == block_count(task)
+    for path in stage.work_files(plan) if finished else []:
         if not path.exists():
             return f"{path} is missing"
     for role in stage.reads:
@@ -122,27 +124,28 @@ def forget_untrusted(plan: RunPlan, rag: RagStore, digests: dict[str, str]) -> N
     with a warning that says why."""
     order = list(plan.tasks)
     for stage in stages_for(plan.config):
-        task = plan.task_of_stage(stage.name)
-        done = rag.done_blocks(task.task_id)
-        if not done:
-            continue
-        why = _distrust(plan, stage, task, done, rag.task_stamp(task.task_id), digests)
-        if why is not None:
-            for later in order[order.index(task.task_id):]:
-                rag.forget_blocks(later)
-            logger.warning("%s: %s; its blocks and those of the tasks after it are done again", task.task_id, why)
-            return
+        tasks = plan.tasks_of_stage(stage.name)
+        for task in tasks:
+            done = rag.done_blocks(task.task_id)
+            if not done:
+                continue
+            why = _distrust(plan, stage, task, done, rag.task_stamp(task.task_id), digests)
+            if why is not None:
+                for later in order[order.index(tasks[0].task_id):]:
+                    rag.forget_blocks(later)
+                logger.warning("%s: %s; its blocks and those of the tasks after it are done again", task.task_id, why)
+                return
 
 
 def stamp_fresh_tasks(plan: RunPlan, rag: RagStore, digests: dict[str, str]) -> None:
     """A task without done blocks gets a new stamp, in its outputs and then in the RAG, with the
     digests of its inputs; the outputs exist (``prepare_outputs``)."""
     for stage in stages_for(plan.config):
-        task_id = plan.task_of_stage(stage.name).task_id
-        if rag.done_blocks(task_id):
-            continue
-        writer = f"{task_id}/{uuid.uuid4().hex}"
-        for output in stage.outputs(plan):
-            open_storage(output.path, mode="r+").attrs[STAMP_ATTRIBUTE] = writer
-        inputs = {role: digests[role] for role in stage.reads if role in digests}
-        rag.record_stamp(task_id, json.dumps({"writer": writer, "inputs": inputs}))
+        for task in plan.tasks_of_stage(stage.name):
+            if rag.done_blocks(task.task_id):
+                continue
+            writer = f"{task.task_id}/{uuid.uuid4().hex}"
+            for output in stage.outputs(plan):
+                open_storage(output.path, mode="r+").attrs[STAMP_ATTRIBUTE] = writer
+            inputs = {role: digests[role] for role in stage.reads if role in digests}
+            rag.record_stamp(task.task_id, json.dumps({"writer": writer, "inputs": inputs}))

@@ -81,6 +81,11 @@ class RagStore(ABC):
             yield EdgePage(*unpack_edges(self._packed_blocks(EDGE_BLOCKS, after, last)))
             after = last
 
+    def read_edges(self, block_id: int) -> EdgePage:
+        """The edges one block wrote (those whose ``u`` it owns), sorted by (u, v): what a
+        super-block of the global agglomeration reads of the graph."""
+        return EdgePage(*unpack_edges(self._packed_blocks(EDGE_BLOCKS, int(block_id) - 1, int(block_id))))
+
     def edge_count(self) -> int:
         return sum(count for _, count in self._block_counts(EDGE_BLOCKS, -1, None))
 

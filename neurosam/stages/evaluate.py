@@ -128,16 +128,16 @@ def evaluate_run(plan: RunPlan) -> dict:
     table = stored_contingency(
         plan.arrays["fragments"], plan.arrays["ground_truth"], plan.volume_roi, plan.block_size, config.evaluate.ignore_background
     )
-    per_threshold = {
-        f"{threshold:.4f}": threshold_scores(table, segment_ids(config, table.segment_ids, threshold)) for threshold in thresholds
-    }
+    segments = segment_ids(plan, table.segment_ids)
+    per_threshold = {f"{threshold:.4f}": threshold_scores(table, segments[row]) for row, threshold in enumerate(thresholds)}
     best = min(per_threshold, key=lambda t: per_threshold[t]["voi"])
     run_length = {}
     if config.evaluate.erl:
         skeletons = ground_truth_skeletons(plan)
         fragments = values_at(plan.arrays["fragments"], skeletons.positions, plan.volume_roi, plan.block_size)
-        for threshold in thresholds:
-            scores = run_length_scores(skeletons, segment_ids(config, fragments, threshold))
+        skeleton_segments = segment_ids(plan, fragments)
+        for row, threshold in enumerate(thresholds):
+            scores = run_length_scores(skeletons, skeleton_segments[row])
             per_threshold[f"{threshold:.4f}"].update(erl=scores["erl"], erl_merges=scores["merges"], erl_splits=scores["splits"])
         run_length = {"skeletons": int(len(np.unique(skeletons.skeleton_ids))), "length": scores["skeleton_length"], "erl_max": scores["erl_max"]}
     report = {

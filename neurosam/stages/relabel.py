@@ -1,4 +1,6 @@
-"""Relabel: turn each block of fragments into segments through the lookup table of each threshold."""
+"""Relabel: turn each block of fragments into segments through the table of its level-0
+super-block (``neurosam.stages.segment``), which names each of its fragments' segment at every
+threshold: no process reads more than one super-block's table."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from neurosam.graph.labels import unique_inverse
-from neurosam.layout import RunPlan, WorkerSetup, fragment_ids_path, lookup_path, segmentation_path, segmentation_role
+from neurosam.layout import RunPlan, WorkerSetup, segment_table_path, segmentation_path, segmentation_role
+from neurosam.stages.segment import load_table, position, table_files
 from neurosam.stages.stage import OutputArray, Stage, plain_blocks
 
 
@@ -19,20 +22,35 @@ def segmentation_outputs(plan: RunPlan) -> list[OutputArray]:
 
 
 def relabel_block(setup: WorkerSetup, block) -> None:
-    """The block's fragment ids are found once and looked up in every threshold's table."""
+    """The block's fragment ids are found once and looked up in every threshold's row."""
     plan, config = setup.plan, setup.plan.config
     fragments = plan.arrays["fragments"].read(block.write_roi)
     present, inverse = unique_inverse(fragments)
-    for threshold in config.segment.thresholds:
+    ids, table = load_table(segment_table_path(config, 0, position(plan, block.write_roi, 0)))
+    for row, threshold in enumerate(config.segment.thresholds):
         segmentation = plan.arrays[segmentation_role(threshold)]
-        segmentation.write(block.write_roi, segment_ids(config, present, threshold)[inverse])
+        segmentation.write(block.write_roi, apply_lookup(present, ids, table[row])[inverse])
 
 
-def segment_ids(config, fragments: np.ndarray, threshold: float) -> np.ndarray:
-    """The segment of each fragment at ``threshold``, as segment wrote it: relabel writes these
-    ids into the segmentation, and evaluate scores through them without reading it."""
-    ids = np.load(fragment_ids_path(config), mmap_mode="r")
-    return apply_lookup(fragments, ids, np.load(lookup_path(config, threshold), mmap_mode="r"))
+def segment_ids(plan: RunPlan, fragments: np.ndarray) -> np.ndarray:
+    """The segment of each of ``fragments`` (from anywhere in the volume) at every threshold
+    (thresholds x fragments), as relabel writes them: evaluate scores through them without
+    reading the segmentation. One level-0 table at a time."""
+    unique, inverse = np.unique(fragments, return_inverse=True)
+    segments = np.zeros((len(plan.config.segment.thresholds), len(unique)), dtype=np.uint64)
+    found = unique == 0
+    for path in table_files(plan):
+        ids, table = load_table(path)
+        where = np.minimum(np.searchsorted(unique, ids), max(len(unique) - 1, 0))
+        hit = unique[where] == ids if len(unique) else np.zeros(len(ids), dtype=bool)
+        segments[:, where[hit]] = table[:, hit]
+        found[where[hit]] = True
+    if not found.all():
+        raise ValueError(
+            f"fragments {unique[~found][:5].tolist()} are in no super-block's table: "
+            "the fragments task and the segment tables disagree (was the run mixed with another?)"
+        )
+    return segments[:, inverse.ravel()]
 
 
 def apply_lookup(fragments: np.ndarray, ids: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -1,99 +1,181 @@
-"""Segment: the global agglomeration of the whole RAG (``neurosam.graph.agglomeration``) by the
-configured scoring function, cut at each threshold.
+"""Segment: the global agglomeration of the RAG by the configured scoring function, cut at each
+threshold, as a hierarchy of super-blocks (``neurosam.graph.hierarchy`` says why it equals one
+process over the whole graph).
 
-One pass merges up to the highest threshold, and a merge belongs to every threshold above its
-level; the segments at a threshold are the connected components of its merges, found by
-union-find over memory-mapped files. Each component is named after its smallest fragment id,
-so segment ids are never 0 and do not depend on the order of the merges.
+A level-0 super-block groups ``super_block_factor``^3 blocks, and each level above groups as many
+of the level below, up to one super-block over the volume. The stage runs as one daisy task per
+level upwards (``merge_blocks``: a super-block's graph, from the RAG at level 0 and from its
+children's files above, merged up to the highest threshold), then one per level downwards
+(``name_blocks``: each super-block's table of final segments, from its parent's), so relabel
+reads the one table of its level-0 super-block. Every worker holds one super-block's graph.
 """
 
 from __future__ import annotations
 
+import itertools
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from funlib.geometry import Coordinate, Roi
 
-from neurosam.config import RunConfig
-from neurosam.graph.agglomeration import EDGE_STATISTICS, agglomerate_graph, join_cut_basins
-from neurosam.graph.union_find import find_roots, join
-from neurosam.layout import RunPlan, WorkerSetup, fragment_ids_path, lookup_dir, lookup_path, union_find_path
+from neurosam.graph.agglomeration import EDGE_STATISTICS
+from neurosam.graph.hierarchy import FACES, Edges, SuperBlock, agglomerate_super_block, parent_inputs, segment_table
+from neurosam.graph.scoring import Program, inexact_reason
+from neurosam.layout import RunPlan, WorkerSetup, segment_table_path, super_block_path
 from neurosam.rag import RagStore
-from neurosam.stages.stage import Stage, whole_volume
+from neurosam.stages.fragments import owner_block
+from neurosam.stages.stage import InputError, Stage, Step
 
 
-def _write_fragment_ids(ids: np.ndarray, path: Path) -> None:
-    """Atomically: relabel reads it while a later run may rewrite it."""
-    partial = path.with_suffix(".tmp.npy")
-    np.save(partial, ids)
+def super_block_shape(plan: RunPlan, level: int) -> Coordinate:
+    return plan.block_size * plan.config.segment.super_block_factor ** (level + 1)
+
+
+def level_count(plan: RunPlan) -> int:
+    """Levels up to the first whose one super-block covers the volume."""
+    level = 0
+    while any(s > b for s, b in zip(plan.volume_roi.shape, super_block_shape(plan, level))):
+        level += 1
+    return level + 1
+
+
+def position(plan: RunPlan, roi: Roi, level: int) -> tuple[int, ...]:
+    """The grid position of the level's super-block that holds ``roi``."""
+    return tuple(int(p) for p in (roi.offset - plan.volume_roi.offset) / super_block_shape(plan, level))
+
+
+def segment_steps(plan: RunPlan) -> list[Step]:
+    """Upwards level by level, then down again; the top level's table is written on the way up."""
+    levels = level_count(plan)
+
+    def layout(level: int):
+        shape = super_block_shape(plan, level)
+        return plan.volume_roi, Roi((0,) * len(shape), shape), Roi((0,) * len(shape), shape)
+
+    up = [Step(f"up{level}", layout(level), level, "neurosam.stages.segment:merge_blocks") for level in range(levels)]
+    down = [Step(f"down{level}", layout(level), level, "neurosam.stages.segment:name_blocks") for level in reversed(range(levels - 1))]
+    return up + down
+
+
+def check_scoring_function(plan: RunPlan) -> None:
+    """The hierarchy is exact only for some scoring functions; others are refused before any work."""
+    name = plan.config.segment.scoring_function
+    why = inexact_reason(plan.config.segment.scoring_functions[name])
+    if why is not None:
+        raise InputError(f"segment.scoring_function {name}: {why}")
+
+
+def _faces_inside(plan: RunPlan, roi: Roi) -> list[bool]:
+    """Which faces of ``roi`` (in ``FACES`` order) lie inside the volume, with voxels beyond them."""
+    volume = plan.volume_roi
+    return [roi.begin[f // 2] > volume.begin[f // 2] if f % 2 == 0 else roi.end[f // 2] < volume.end[f // 2] for f in range(FACES)]
+
+
+def level_zero_inputs(plan: RunPlan, rag: RagStore, roi: Roi, with_maxima: bool):
+    """A level-0 super-block's graph: its fragments, the RAG's edges their blocks own (those
+    leaving the super-block pass on), and the fragments on its faces inside the volume."""
+    fragments = plan.arrays["fragments"].read(roi)
+    nodes = np.unique(fragments)
+    nodes = nodes[nodes != 0]
+    pieces = []
+    for block_id in np.unique(owner_block(plan, nodes)).tolist():
+        u, v, statistics = rag.read_edges(block_id)
+        if len(u) == 0:
+            continue
+        missing = set(EDGE_STATISTICS) - set(statistics)
+        if missing:
+            raise RuntimeError(f"the RAG's edges lack {sorted(missing)}: were contacts computed by another version?")
+        claimed, area = statistics["claimed_area"], statistics["contact_area"]
+        # The pieces of one watershed basin that block faces cut: merged before anything else.
+        forced = (claimed > 0) & (2 * claimed >= area)
+        pieces.append(Edges.of(
+            u, v, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, forced, with_maxima,
+        ))
+    raw = Edges.concatenate(pieces) if pieces else Edges.of(*([np.zeros(0)] * 6), np.zeros(0, dtype=bool), with_maxima)
+    inside = np.isin(raw.v, nodes)
+    faces = []
+    for face, beyond in enumerate(_faces_inside(plan, roi)):
+        axis, side = divmod(face, 2)
+        layer = np.take(fragments, -side, axis=axis) if beyond else np.zeros(0, dtype=np.uint64)
+        ids = np.unique(layer)
+        faces.append(ids[ids != 0])
+    return nodes, raw.take(inside), raw.take(~inside), faces, faces
+
+
+def children_inputs(plan: RunPlan, roi: Roi, level: int):
+    """A higher super-block's graph, from the files of its children, which lie inside ``roi``."""
+    child_shape = super_block_shape(plan, level - 1)
+    counts = [-(-s // c) for s, c in zip(roi.shape, child_shape)]
+    children, on_face = [], []
+    for offset in itertools.product(*(range(count) for count in counts)):
+        child = Roi(roi.offset + child_shape * Coordinate(offset), child_shape).intersect(plan.volume_roi)
+        if child.empty:
+            continue
+        children.append(SuperBlock.load(super_block_path(plan.config, level - 1, position(plan, child, level - 1))))
+        on_face.append([child.begin[f // 2] == roi.begin[f // 2] if f % 2 == 0 else child.end[f // 2] == roi.end[f // 2] for f in range(FACES)])
+    return parent_inputs(children, on_face)
+
+
+def save_table(path: Path, ids: np.ndarray, table: np.ndarray) -> None:
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, ids=ids, segments=table)
     partial.replace(path)
 
 
-def read_graph(rag: RagStore, page_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(ids, sizes, u, v, statistics): nodes in id order, u and v as positions in ``ids``, the
-    statistics at float64 as the agglomeration computes with them; edges in one pass."""
-    nodes = rag.read_nodes()
-    order = np.argsort(nodes["ids"])
-    ids = nodes["ids"][order].astype(np.uint64)
-    pages = list(rag.iter_edges(page_size))
-    missing = [name for name in EDGE_STATISTICS if any(name not in page.statistics for page in pages)]
-    if missing:
-        raise RuntimeError(f"the RAG's edges lack {missing}: were contacts computed by another version?")
-    u = np.concatenate([np.zeros(0, dtype=np.uint64)] + [page.u for page in pages])
-    v = np.concatenate([np.zeros(0, dtype=np.uint64)] + [page.v for page in pages])
-    statistics = {
-        name: np.concatenate([np.zeros(0)] + [page.statistics[name] for page in pages]).astype(np.float64) for name in EDGE_STATISTICS
-    }
-    return ids, nodes["sizes"][order], np.searchsorted(ids, u), np.searchsorted(ids, v), statistics
-
-
-def find_segments(config: RunConfig, rag: RagStore) -> None:
-    """Write one lookup table per threshold: segment id for each fragment, in fragment id order."""
-    directory = lookup_dir(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    page_size = config.segment.edges_per_page
-    thresholds = config.segment.thresholds
-    ids, *graph = read_graph(rag, page_size)
-    _write_fragment_ids(ids, fragment_ids_path(config))
-    basin, basin_graph = join_cut_basins(*graph)
-    scoring_function = config.segment.scoring_functions[config.segment.scoring_function]
-    kept, merged, levels = agglomerate_graph(*basin_graph, scoring_function, max(thresholds))
-    # Merges are of basins; each basin stands for one of its fragments, and its own pieces
-    # join at every threshold.
-    representative = np.zeros(len(basin_graph[0]), dtype=np.int64)
-    representative[basin[::-1]] = np.arange(len(basin))[::-1]
-    pieces = np.flatnonzero(representative[basin] != np.arange(len(basin)))
-    kept = np.concatenate([representative[basin[pieces]], representative[kept]])
-    merged = np.concatenate([pieces, representative[merged]])
-    levels = np.concatenate([np.full(len(pieces), -np.inf), levels])
-    forests = np.lib.format.open_memmap(union_find_path(config), mode="w+", dtype=np.int64, shape=(len(thresholds), len(ids)))
-    for start in range(0, len(ids), page_size):
-        forests[:, start : start + page_size] = np.arange(start, min(start + page_size, len(ids)), dtype=np.int64)
-    for parent, threshold in zip(forests, thresholds):
-        below = levels < threshold
-        join(parent, kept[below], merged[below])
-    for parent, threshold in zip(forests, thresholds):
-        final = lookup_path(config, threshold)
-        table = np.lib.format.open_memmap(final.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint64, shape=(len(ids),))
-        for start in range(0, len(ids), page_size):
-            stop = min(start + page_size, len(ids))
-            table[start:stop] = ids[find_roots(parent, np.arange(start, stop))]
-        table.flush()
-        del table
-        final.with_suffix(".tmp.npy").replace(final)
-    del forests
-    union_find_path(config).unlink()
+def load_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, thresholds x ids): the final segment of each input of a super-block."""
+    with np.load(path) as data:
+        return data["ids"], data["segments"]
 
 
 @contextmanager
-def segment_blocks(setup: WorkerSetup):
-    yield lambda block: find_segments(setup.plan.config, setup.rag)
+def merge_blocks(setup: WorkerSetup):
+    plan, level = setup.plan, setup.task.level
+    config = plan.config.segment
+    program = Program(config.scoring_functions[config.scoring_function])
+    top = level == level_count(plan) - 1
+
+    def process(block) -> None:
+        roi = block.write_roi
+        if level == 0:
+            inputs = level_zero_inputs(plan, setup.rag, roi, program.uses_maxima)
+        else:
+            inputs = children_inputs(plan, roi, level)
+        result = agglomerate_super_block(*inputs, program, max(config.thresholds))
+        where = position(plan, roi, level)
+        result.save(super_block_path(plan.config, level, where))
+        if top:
+            save_table(segment_table_path(plan.config, level, where), result.nodes, segment_table(result, config.thresholds, None))
+
+    yield process
 
 
-def lookup_files(plan: RunPlan) -> list[Path]:
+@contextmanager
+def name_blocks(setup: WorkerSetup):
+    plan, level = setup.plan, setup.task.level
+    factor = plan.config.segment.super_block_factor
+
+    def process(block) -> None:
+        where = position(plan, block.write_roi, level)
+        result = SuperBlock.load(super_block_path(plan.config, level, where))
+        parent = load_table(segment_table_path(plan.config, level + 1, tuple(p // factor for p in where)))
+        save_table(segment_table_path(plan.config, level, where), result.nodes, segment_table(result, plan.config.segment.thresholds, parent))
+
+    yield process
+
+
+def level_zero_positions(plan: RunPlan) -> list[tuple[int, ...]]:
+    shape = super_block_shape(plan, 0)
+    return list(itertools.product(*(range(-(-s // b)) for s, b in zip(plan.volume_roi.shape, shape))))
+
+
+def table_files(plan: RunPlan) -> list[Path]:
     """What relabel reads."""
-    config = plan.config
-    return [fragment_ids_path(config), *(lookup_path(config, threshold) for threshold in config.segment.thresholds)]
+    return [segment_table_path(plan.config, 0, where) for where in level_zero_positions(plan)]
 
 
-STAGE = Stage("segment", "neurosam.stages.segment:segment_blocks", whole_volume, sections=("segment",), work_files=lookup_files)
+STAGE = Stage(
+    "segment", "neurosam.stages.segment:merge_blocks", lambda plan: segment_steps(plan)[0].layout, sections=("segment",),
+    work_files=table_files, check_inputs=check_scoring_function, steps=segment_steps,
+)

@@ -46,6 +46,17 @@ class OutputArray:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One of the daisy tasks a stage runs as, in order, each after the one before (the global
+    agglomeration's levels): its name in the task id, its blocks, its level and its block function."""
+
+    name: str
+    layout: Layout
+    level: int
+    block_function: str
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     block_function: str
@@ -61,6 +72,8 @@ class Stage:
     depends on: when one changes, its done blocks are redone."""
     check_inputs: Callable[[RunPlan], None] = lambda plan: None
     """Raises ``InputError`` for an input the stage cannot read, before any block runs."""
+    steps: Callable[[RunPlan], list[Step]] | None = None
+    """A stage that runs as several daisy tasks: them, in order; else one task of ``layout``."""
 
 
 def require_multiple(name: str, value: Coordinate, unit: Coordinate, unit_name: str = "the voxel size") -> None:
