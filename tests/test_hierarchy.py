@@ -74,16 +74,9 @@ def test_one_process_equals_waterz_merge_history_without_ties():
     assert sorted((round(s, 4), a, b) for a, b, s in ours) == sorted((round(s, 4), a, b) for a, b, s in theirs)
 
 
-@pytest.mark.parametrize("scoring", [HIST_QUANT_50, HIST_QUANT_75, MEAN])
-def test_waterz_merge_history_on_uint8_affinities_differs_only_between_equal_scores(scoring):
-    """With uint8 affinities scores tie, and waterz's heap breaks ties its own way. Replayed on
-    our statistics, each of waterz's merges is one we could have made: its edge scores what
-    waterz says, and no edge left scores lower."""
-    affinities = _gala_affinities(noise=False)
-    fragments, graph = _fragments_graph(affinities)
-    program = Program(scoring)
-    history = _waterz_history(affinities, fragments, scoring, graph.nodes)
-    assert len(history) == len(merge(graph, program, 1.0).kept)
+def _replay(graph: Graph, program: Program, history: list[tuple[int, int, float]]) -> None:
+    """Each merge of ``history``, replayed on our statistics, is one the merge loop could make:
+    its edge scores what the history says, and no edge left scores lower."""
     label = np.arange(graph.nodes)
     for a, b, score in history:
         u, v = label[graph.u], label[graph.v]
@@ -91,19 +84,34 @@ def test_waterz_merge_history_on_uint8_affinities_differs_only_between_equal_sco
         codes = np.minimum(u, v)[between] * graph.nodes + np.maximum(u, v)[between]
         pairs, group = np.unique(codes, return_inverse=True)
         order = np.argsort(group, kind="stable")
+        starts = np.searchsorted(group[order], np.arange(len(pairs)))
         maxima = graph.maximum[between][order]
         current = Graph(
-            graph.nodes, pairs // graph.nodes, pairs % graph.nodes,
-            np.maximum.reduceat(maxima, np.searchsorted(group[order], np.arange(len(pairs)))),
-            np.minimum.reduceat(graph.minimum[between][order], np.searchsorted(group[order], np.arange(len(pairs)))),
-            np.bincount(group, weights=graph.total[between]), np.bincount(group, weights=graph.area[between]),
-            np.zeros(len(pairs), dtype=bool), maxima, np.concatenate([[0], np.cumsum(np.bincount(group))]),
+            graph.nodes, pairs // graph.nodes, pairs % graph.nodes, np.maximum.reduceat(maxima, starts),
+            np.minimum.reduceat(graph.minimum[between][order], starts), np.bincount(group, weights=graph.total[between]),
+            np.bincount(group, weights=graph.area[between]), np.zeros(len(pairs), dtype=bool), maxima,
+            np.concatenate([[0], np.cumsum(np.bincount(group))]),
         )
         scores = score_edges(current, program)
         edge = np.searchsorted(pairs, min(label[a], label[b]) * graph.nodes + max(label[a], label[b]))
         assert scores[edge] == pytest.approx(score, abs=1e-5)  # waterz sums in float32
         assert scores.min() >= score - 1e-5
         label[label == label[b]] = label[a]
+
+
+@pytest.mark.parametrize("scoring", [HIST_QUANT_50, HIST_QUANT_75, MEAN])
+def test_waterz_merge_history_on_uint8_affinities_differs_only_between_equal_scores(scoring):
+    """With uint8 affinities scores tie, and waterz's heap breaks ties its own way. Replayed on
+    our statistics, each of waterz's merges is one we could have made, and so is each of ours
+    (merged to the end: the edges of the largest regions keep their maxima as histograms)."""
+    affinities = _gala_affinities(noise=False)
+    fragments, graph = _fragments_graph(affinities)
+    program = Program(scoring)
+    history = _waterz_history(affinities, fragments, scoring, graph.nodes)
+    merged = merge(graph, program, 1.0)
+    assert len(history) == len(merged.kept)
+    _replay(graph, program, history)
+    _replay(graph, program, list(zip(merged.kept.tolist(), merged.merged.tolist(), merged.scores.tolist())))
 
 
 def _grid_graph(shape, rng, forced_fraction=0.02):

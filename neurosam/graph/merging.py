@@ -79,9 +79,9 @@ def _discretize(value, bins):
 
 
 @numba.njit(cache=True, nogil=True)
-def _quantile(e, q, bins, head, length, next_element, value, counts, scratch):
+def _quantile(e, q, bins, head, length, next_element, value, dense, rows, counts, scratch):
     """The q-th percentile of edge e's pair maxima, as waterz takes it (rank q * n // 100 of the
-    sorted maxima; with ``bins``, of their histogram)."""
+    sorted maxima; with ``bins``, of their histogram, kept whole in ``rows`` for long lists)."""
     n = length[e]
     rank = q * n // 100
     if bins > 0:
@@ -89,6 +89,12 @@ def _quantile(e, q, bins, head, length, next_element, value, counts, scratch):
             return (bins + 0.5) / bins
         if n == 1:
             return (_discretize(value[head[e]], bins) + 0.5) / bins
+        if dense[e] >= 0:
+            row, seen = dense[e], 0
+            for level in range(bins):
+                seen += rows[row, level]
+                if seen > rank:
+                    return (level + 0.5) / bins
         element = head[e]
         while element >= 0:
             counts[_discretize(value[element], bins)] += 1
@@ -109,7 +115,7 @@ def _quantile(e, q, bins, head, length, next_element, value, counts, scratch):
 
 
 @numba.njit(cache=True, nogil=True)
-def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch):
+def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch):
     """Evaluate the scoring program (postfix) on edge e."""
     if forced[e]:
         return -np.inf
@@ -133,7 +139,7 @@ def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, le
             top += 1
         elif code == QUANTILE or code == HISTOGRAM_QUANTILE:
             bins = int(parameters[i, 1]) if code == HISTOGRAM_QUANTILE else 0
-            stack[top] = _quantile(e, int(parameters[i, 0]), bins, head, length, next_element, value, counts, scratch)
+            stack[top] = _quantile(e, int(parameters[i, 0]), bins, head, length, next_element, value, dense, rows, counts, scratch)
             top += 1
         elif code == ONE_MINUS:
             stack[top - 1] = 1.0 - stack[top - 1]
@@ -237,7 +243,7 @@ def _pop(heap_score, heap_edge, size):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, collapse):
+def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, collapse, dense, rows, bins):
     """Fold edge e into edge ``into``. ``collapse``: the pieces of one basin are joining, so two
     pairs with one fragment on the other side are one pair, of the larger maximum."""
     maximum[into] = max(maximum[into], maximum[e])
@@ -247,6 +253,17 @@ def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, ne
     forced[into] = forced[into] or forced[e]
     if collapse and length[into] == 1 and length[e] == 1:
         value[head[into]] = max(value[head[into]], value[head[e]])
+    elif dense[e] >= 0 and dense[into] >= 0:
+        rows[dense[into]] += rows[dense[e]]
+        length[into] += length[e]
+    elif dense[into] >= 0 or dense[e] >= 0:
+        row, listed = (dense[into], e) if dense[into] >= 0 else (dense[e], into)
+        element = head[listed]
+        while element >= 0:
+            rows[row, _discretize(value[element], bins)] += 1
+            element = next_element[element]
+        dense[into], head[into] = row, -1
+        length[into] += length[e]
     elif length[e] > 0:
         if length[into] > 0:
             next_element[tail[into]] = head[e]
@@ -256,8 +273,22 @@ def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, ne
         length[into] += length[e]
 
 
+DENSE_FROM = 64
+
+
 @numba.njit(cache=True, nogil=True)
-def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, length, next_element, value,
+def _densify(e, used_rows, head, next_element, value, dense, rows, bins):
+    """Edge e's list of maxima becomes a histogram row; returns the rows used."""
+    element = head[e]
+    while element >= 0:
+        rows[used_rows, _discretize(value[element], bins)] += 1
+        element = next_element[element]
+    dense[e], head[e] = used_rows, -1
+    return used_rows + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, length, next_element, value, dense,
                 frozen, codes, parameters, threshold, scratch_size, bins):
     """The loop itself; ``ends`` (E, 2) are updated to roots as regions merge. Returns the merges
     (the smallest node of each region, and the score), each node's parent (roots point at
@@ -282,12 +313,16 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     stack = np.empty(len(codes) + 1)
     counts = np.zeros(max(bins, 1), dtype=np.int64)
     scratch = np.empty(scratch_size)
+    # Histograms of long lists: an edge's list grows past DENSE_FROM only by taking up that many
+    # pairs, so there are at most pairs / DENSE_FROM (pages untouched until used).
+    rows = np.zeros((scratch_size // DENSE_FROM + 1 if bins > 0 else 1, max(bins, 1)), dtype=np.int32)
+    used_rows = 0
 
     for e in range(edges):
         a, b = ends[e, 0], ends[e, 1]
         slot = _slot(keys, np.int64(min(a, b)) * nodes + max(a, b))
         if keys[slot] >= 0:
-            _fold(values[slot], e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, False)
+            _fold(values[slot], e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, False, dense, rows, bins)
             alive[e] = False
             continue
         keys[slot] = np.int64(min(a, b)) * nodes + max(a, b)
@@ -307,7 +342,9 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     size = 0
     for e in range(edges):
         if alive[e]:
-            score[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
+            if bins > 0 and length[e] > DENSE_FROM:
+                used_rows = _densify(e, used_rows, head, next_element, value, dense, rows, bins)
+            score[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch)
             heap_score[size], heap_edge[size] = score[e], e
             size += 1
     for i in range(size // 2 - 1, -1, -1):
@@ -356,9 +393,11 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
                 slot = _slot(keys, key)
                 if keys[slot] == key:
                     existing = values[slot]
-                    _fold(existing, moving, maximum, minimum, total, area, forced, head, tail, length, next_element, value, forced[e])
+                    _fold(existing, moving, maximum, minimum, total, area, forced, head, tail, length, next_element, value, forced[e], dense, rows, bins)
+                    if bins > 0 and dense[existing] < 0 and length[existing] > DENSE_FROM:
+                        used_rows = _densify(existing, used_rows, head, next_element, value, dense, rows, bins)
                     alive[moving] = False
-                    new = _score(existing, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
+                    new = _score(existing, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch)
                     if new != score[existing]:
                         score[existing] = new
                         if size == len(heap_score):
@@ -382,7 +421,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         smallest[big] = min(smallest[a], smallest[b])
         complete_at[big] = max(max(complete_at[a], complete_at[b]), s)
 
-    return kept_out[:merges], merged_out[:merges], score_out[:merges], parent, smallest, complete_at, alive
+    return kept_out[:merges], merged_out[:merges], score_out[:merges], parent, smallest, complete_at, alive, rows
 
 
 @numba.njit(cache=True, nogil=True)
@@ -401,13 +440,23 @@ def _roots(parent):
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_maxima(edges, head, next_element, value, length):
+def _gather_maxima(edges, head, next_element, value, length, dense, rows, bins):
+    """The edges' maxima as CSR; a histogram gives each pair its bin's centre, which falls in
+    the same bin again."""
     offsets = np.zeros(len(edges) + 1, dtype=np.int64)
     for i in range(len(edges)):
         offsets[i + 1] = offsets[i] + length[edges[i]]
     out = np.empty(offsets[-1], dtype=value.dtype)
     for i in range(len(edges)):
-        element, j = head[edges[i]], offsets[i]
+        j = offsets[i]
+        if dense[edges[i]] >= 0:
+            row = dense[edges[i]]
+            for level in range(bins):
+                for _ in range(rows[row, level]):
+                    out[j] = (level + 0.5) / bins
+                    j += 1
+            continue
+        element = head[edges[i]]
         while element >= 0:
             out[j] = value[element]
             j += 1
@@ -445,14 +494,17 @@ def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray |
     tail = np.where(lengths > 0, head + lengths - 1, -1).astype(np.int32)
     next_element = _chained(lengths, len(value))
     frozen = np.zeros(graph.nodes, dtype=np.bool_) if frozen is None else frozen.astype(np.bool_).copy()
-    kept, merged, scores, parent, smallest, complete_at, alive = _merge_loop(
-        graph.nodes, ends, maximum, minimum, total, area, forced, head, tail, lengths, next_element, value,
+    dense = np.full(len(ends), -1, dtype=np.int32)
+    kept, merged, scores, parent, smallest, complete_at, alive, rows = _merge_loop(
+        graph.nodes, ends, maximum, minimum, total, area, forced, head, tail, lengths, next_element, value, dense,
         frozen, program.codes, program.parameters, float(threshold), max(len(value), 1), program.bins,
     )
     root = _roots(parent)
     both_frozen = alive & frozen[ends[:, 0]] & frozen[ends[:, 1]]
     kept_edges = np.flatnonzero(both_frozen)
-    maxima, offsets = (_gather_maxima(kept_edges, head, next_element, value, lengths) if program.uses_maxima else (None, None))
+    maxima, offsets = (None, None)
+    if program.uses_maxima:
+        maxima, offsets = _gather_maxima(kept_edges, head, next_element, value, lengths, dense, rows, program.bins)
     deferred = Graph(
         graph.nodes, ends[kept_edges, 0], ends[kept_edges, 1], maximum[kept_edges], minimum[kept_edges],
         total[kept_edges], area[kept_edges], forced[kept_edges], maxima, offsets,
@@ -462,12 +514,14 @@ def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray |
 
 @numba.njit(cache=True, nogil=True)
 def _score_all(codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, bins, scratch_size):
+    dense = np.full(len(maximum), -1, dtype=np.int32)
+    rows = np.zeros((1, 1), dtype=np.int32)
     stack = np.empty(len(codes) + 1)
     counts = np.zeros(max(bins, 1), dtype=np.int64)
     scratch = np.empty(scratch_size)
     scores = np.empty(len(maximum))
     for e in range(len(maximum)):
-        scores[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, stack, counts, scratch)
+        scores[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch)
     return scores
 
 
