@@ -138,11 +138,12 @@ def main() -> None:
     print(f"wall {result['seconds']:.0f} s, CPU {result['cpu_seconds']:.0f} s (every process)")
     print("| stage | task wall s | worker CPU s | largest worker peak RSS, MiB |\n|---|---:|---:|---:|")
     kinds: dict[str, list] = {}
-    for stage, task_id, peak, cpu in result["records"]:
-        kind = kinds.setdefault(process_kind(stage, task_id), [0.0, 0, 0.0])
-        kind[0] += cpu
-        kind[1] = max(kind[1], peak)
-        kind[2] = tasks.get(task_id, {}).get("seconds", 0.0)
+    for task_id in tasks:  # in pipeline order
+        for stage, recorded, peak, cpu in result["records"]:
+            if recorded == task_id:
+                kind = kinds.setdefault(process_kind(stage, task_id), [0.0, 0, tasks[task_id]["seconds"]])
+                kind[0] += cpu
+                kind[1] = max(kind[1], peak)
     for kind, (cpu, peak, seconds) in kinds.items():
         print(f"| {kind} | {seconds:.0f} | {cpu:.0f} | {peak / 2**20:,.0f} |")
     print("| level | super-blocks | input nodes | merges | edges deferred up | raw edges passed up |\n|---:|---:|---:|---:|---:|---:|")

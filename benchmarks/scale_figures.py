@@ -1,7 +1,8 @@
 """What the design does at a petavoxel, from one measured run: the RAG's bytes per voxel in
-SQLite and in PostgreSQL, against issue 19's target of 0.5, the database writes per block, the global step's time and memory per edge, and what the
+SQLite and in PostgreSQL, against issue 19's target of 0.5, the database writes per block, and what the
 scheduler holds per block (the growth of its peak memory between B^3 and (B/2)^3 blocks, per
-block more); each scaled to 10^15 voxels.
+block more); each scaled to 10^15 voxels. The global step is measured level by level by
+benchmarks/gigavoxel.py.
 
 The run: the medulla FIB-SEM volume mirrored to N^3 voxels with the noisy affinities of
 benchmarks/postprocess_throughput.py (hundreds of fragments per neuron, as predicted affinities
@@ -61,18 +62,6 @@ def run_figures(config_path: Path) -> dict:
     started = time.perf_counter()
     summary = run_pipeline(config_path, echo_progress=False)
     return {"summary": summary, "seconds": time.perf_counter() - started, "scheduler_peak_growth": peak_bytes() - before}
-
-
-def segment_figures(config_path: Path) -> dict:
-    """The global step alone: its time and its peak memory growth."""
-    from neurosam.stages.segment import find_segments
-
-    config = load_config(config_path)
-    with open_rag(config.rag.url) as rag:
-        before = peak_bytes()
-        start = time.perf_counter()
-        find_segments(config, rag)
-        return {"seconds": time.perf_counter() - start, "peak_growth": peak_bytes() - before}
 
 
 def postgres_server_url(given: str | None) -> str:
@@ -136,7 +125,6 @@ def main() -> None:
             nodes = len(rag.read_nodes()["ids"])
             edges = rag.edge_count()
         database_bytes = database.stat().st_size
-        global_step = in_fresh_process(segment_figures, path)
         postgres_config = throughput.write_config(root / "postgresql", affinities, args.block, None, voxel_size, 2)
         postgres_bytes = postgres_rag_bytes(server_url, postgres_config)
 
@@ -146,7 +134,6 @@ def main() -> None:
     figures = {
         "voxels": voxels, "blocks": blocks, "nodes": nodes, "edges": edges,
         "database_bytes": database_bytes, "postgres_bytes": postgres_bytes, "run_seconds": seconds,
-        "segment_seconds": global_step["seconds"], "segment_peak_growth": global_step["peak_growth"],
         "scheduler_peak_growth": growths, "task_blocks": task_blocks, "scheduler_bytes_per_task_block": per_task_block,
     }
     print(f"run: {args.size}^3 voxels, {blocks} blocks of {args.block}^3, {seconds:.1f} s through relabel")
@@ -157,14 +144,11 @@ def main() -> None:
         print(f"target: RAG at most {RAG_BYTES_PER_VOXEL_TARGET} bytes per voxel, {database}: {size / voxels:.3f} -> {verdict(size / voxels)}")
     print(f"database writes per block: fragments one node row (~{nodes / blocks:.0f} nodes), contacts one edge row "
           f"(~{edges / blocks:.0f} edges), each one upsert statement, and one done record per block and task")
-    print(f"global step (segment): {global_step['seconds']:.2f} s, peak memory +{global_step['peak_growth'] / 2**20:.0f} MiB: "
-          f"{1e6 * global_step['seconds'] / max(edges, 1):.1f} us and {global_step['peak_growth'] / max(edges, 1):.0f} bytes per edge")
     print("scheduler (the run's process, daisy's server in it): peak memory "
           + ", ".join(f"+{growths[b] / 2**20:.0f} MiB for {task_blocks[b]} task blocks ({b}^3)" for b in growths)
           + f": {per_task_block:.0f} bytes per task block more")
     print(f"at 10^15 voxels ({scale:.1e} x): {PETAVOXEL // (args.block ** 3):.1e} blocks of {args.block}^3, "
           f"{edges * scale:.1e} edges, {database_bytes * scale / 2**40:.0f} TiB of RAG in SQLite ({postgres_bytes * scale / 2**40:.0f} in PostgreSQL), "
-          f"global step {global_step['seconds'] * scale / 3600:.0f} h and {global_step['peak_growth'] * scale / 2**40:.1f} TiB in one process, "
           f"scheduler {per_task_block * 4 * PETAVOXEL / args.block ** 3 / 2**30:.0f} GiB for four block-wise tasks")
     print(json.dumps(figures))
 
