@@ -179,7 +179,7 @@ LOST_DATA = {
     # arrays recreated empty, and evaluation.json was missing.
     "output container deleted": (lambda config: shutil.rmtree(config.work_dir / "out.zarr"), "is missing", "fragments"),
     "output chunks purged": (purge_chunks, "has lost the chunks of done block", "fragments"),
-    "lookup tables deleted": (lambda config: shutil.rmtree(config.work_dir / "lookup"), "is missing", "segment"),
+    "segment tables deleted": (lambda config: shutil.rmtree(config.work_dir / "hierarchy"), "is missing", "segment"),
     "report deleted": (lambda config: (config.work_dir / "evaluation.json").unlink(), "evaluation.json is missing", "evaluate"),
 }
 

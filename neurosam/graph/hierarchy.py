@@ -84,11 +84,6 @@ class Edges:
         return Edges(*(np.concatenate([getattr(part, name) for part in parts]) for name in names), np.concatenate(offsets))
 
 
-def no_edges(with_maxima: bool) -> Edges:
-    empty = np.zeros(0)
-    return Edges.of(empty.astype(np.uint64), empty.astype(np.uint64), empty, empty, empty, empty, empty.astype(bool), with_maxima)
-
-
 @dataclass
 class SuperBlock:
     """What one super-block keeps: its inputs and the segment each ends in; its merges in order
