@@ -95,8 +95,8 @@ def _missing_chunk(task: TaskLayout, output: OutputArray, plan: RunPlan, done: s
 
 
 def _distrust(plan: RunPlan, stage: Stage, task: TaskLayout, done: set[int], stamp: str | None, digests: dict[str, str]) -> str | None:
-    """Why the task's done records cannot be trusted; None when they can. The stage's work files
-    are there once its last task is finished."""
+    """Why the task's done records cannot be trusted; None when they can. A stage that runs as
+    several tasks has left its work files once its last task is finished."""
     if stamp is None:
         return "its done blocks have no stamp recorded (written by an older neurosam)"
     recorded = json.loads(stamp)
@@ -109,8 +109,9 @@ def _distrust(plan: RunPlan, stage: Stage, task: TaskLayout, done: set[int], sta
             block = _missing_chunk(task, output, plan, done)
             if block is not None:
                 return f"{output.role} {output.path} has lost the chunks of done block {block}"
-    finished = task == plan.tasks_of_stage(stage.name)[-1] and len(done) == block_count(task)
-    for path in stage.work_files(plan) if finished else []:
+    tasks = plan.tasks_of_stage(stage.name)
+    left_files = len(tasks) == 1 or (task == tasks[-1] and len(done) == block_count(task))
+    for path in stage.work_files(plan) if left_files else []:
         if not path.exists():
             return f"{path} is missing"
     for role in stage.reads:
