@@ -10,6 +10,8 @@ volume-wide without coordination, never 0, and the owning block reads back from 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from contextlib import contextmanager
 
 import numpy as np
@@ -164,7 +166,25 @@ def write_claims(plan: RunPlan, block, labels: np.ndarray, inner: Roi, global_id
 
 @contextmanager
 def fragments_blocks(setup: WorkerSetup):
+    keep_block_arrays_out_of_the_heap()
     yield lambda block: extract_fragments(setup, block)
+
+
+GLIBC_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def keep_block_arrays_out_of_the_heap() -> None:
+    """glibc raises its mmap threshold to the size of each large buffer freed, after which
+    block-sized arrays come from the heap, between waterz's own allocations, and the heap grows
+    block after block (at 128^3 a fragments worker peaked at 263 MiB after 27 blocks; 195 MiB
+    with a fixed threshold, which maps each array of 1 MiB or more apart and unmaps it on free).
+    Only here: mapping afresh costs system time (about 0.1 s a 128^3 block), and the other
+    stages' workers stay flat without it. Other C libraries are left as they are."""
+    library = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(library), "mallopt", None) if library else None
+    if mallopt is not None:
+        mallopt(GLIBC_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 STAGE = Stage(
