@@ -55,17 +55,25 @@ def _convert(args) -> None:
     print(f"wrote {args.output}")
 
 
-def _view(args) -> None:
-    from neurosam.config import load_config
-    from neurosam.layout import segmentation_path, view_picture_path
-    from neurosam.view import default_threshold, open_viewer, render_overview, serve
+def _threshold(args, config) -> float:
+    """--threshold, or the best-scoring one; one of the run's thresholds either way."""
+    from neurosam.view import default_threshold
 
-    config = load_config(args.config)
     threshold = args.threshold if args.threshold is not None else default_threshold(config)
     if not any(abs(threshold - t) < 1e-9 for t in config.segment.thresholds):
         raise ConfigError(
             f"--threshold {threshold:g}: this run segments at {', '.join(f'{t:g}' for t in config.segment.thresholds)} only"
         )
+    return threshold
+
+
+def _view(args) -> None:
+    from neurosam.config import load_config
+    from neurosam.layout import segmentation_path, view_picture_path
+    from neurosam.view import open_viewer, render_overview, serve
+
+    config = load_config(args.config)
+    threshold = _threshold(args, config)
     if not args.png:
         serve(open_viewer(config, threshold, bind=args.bind, port=args.port))
         return
@@ -79,14 +87,9 @@ def _view(args) -> None:
 def _export_precomputed(args) -> None:
     from neurosam.config import load_config
     from neurosam.io.precomputed import export_precomputed
-    from neurosam.view import default_threshold
 
     config = load_config(args.config)
-    threshold = args.threshold if args.threshold is not None else default_threshold(config)
-    if not any(abs(threshold - t) < 1e-9 for t in config.segment.thresholds):
-        raise ConfigError(
-            f"--threshold {threshold:g}: this run segments at {', '.join(f'{t:g}' for t in config.segment.thresholds)} only"
-        )
+    threshold = _threshold(args, config)
     extras = export_precomputed(config, threshold, args.out)
     beside = f" with its {' and '.join(extras)}" if extras else " (no meshes or skeletons made at this threshold)"
     print(f"wrote the segmentation at threshold {threshold:g}{beside} to {Path(args.out).resolve()}")
