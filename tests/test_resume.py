@@ -113,7 +113,7 @@ def test_blocks_run_twice_leave_the_same_arrays_and_rows(gala, reference, tmp_pa
     run_pipeline(path, echo_progress=False)
     config = load_config(path)
     with open_rag(config.rag.url) as rag:
-        for task_id in task_ids(config).values():
+        for task_id in plan_run(config, check_database=False).tasks:
             rag.forget_blocks(task_id)
     summary = run_pipeline(path, echo_progress=False)
     assert all(counts["skipped_as_done"] == 0 and counts["completed"] == counts["blocks"] for counts in summary["tasks"].values())
