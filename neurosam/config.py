@@ -46,6 +46,11 @@ class Datasets(StrictModel):
     fragments: str
     segmentation: str
     ground_truth: str | None = None
+    ground_truth_skeletons: str | None = None
+    """Skeletons of the ground truth's neurons for ERL: a directory of neuroglancer precomputed
+    skeletons (``info`` and one file per neuron id, vertices in nm, x y z; CloudVolume, igneous
+    and the skeletons stage write them). Default: made from the ground truth by the
+    ground_truth_skeletons stage."""
 
 
 class BlockSpec(StrictModel):
@@ -245,9 +250,8 @@ class EvaluateConfig(StrictModel):
     ``best.threshold``): the report's figure is this threshold's scores. The crop's own best
     threshold is reported beside it, labelled as picked on the crop itself."""
     erl: bool = True
-    """Score expected run length on skeletons of the ground truth (made with kimimaro, chunk by
-    chunk, with these parameters)."""
-    ground_truth_skeletons: TeasarConfig = Field(default_factory=TeasarConfig)
+    """Score expected run length on skeletons of the ground truth (``datasets.ground_truth_skeletons``,
+    else made by the ground_truth_skeletons stage)."""
 
 
 class RunConfig(StrictModel):
@@ -261,6 +265,8 @@ class RunConfig(StrictModel):
     fragments: FragmentsConfig = Field(default_factory=FragmentsConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ground_truth_skeletons: TeasarConfig = Field(default_factory=TeasarConfig)
+    """How the ground_truth_skeletons stage skeletonises the ground truth (at full resolution)."""
     meshes: MeshesConfig | None = None
     skeletons: SkeletonsConfig | None = None
 
@@ -402,6 +408,12 @@ def _refuse_renamed_keys(data: dict, path: Path) -> None:
         raise ConfigError(
             f"{path}: segment.edges_per_page is gone: the segment stage reads one super-block's edges at a time "
             "(segment.super_block_factor sets its size)"
+        )
+    evaluate = data.get("evaluate")
+    if isinstance(evaluate, dict) and "ground_truth_skeletons" in evaluate:
+        raise ConfigError(
+            f"{path}: evaluate.ground_truth_skeletons is now the ground_truth_skeletons section (the stage that "
+            "makes them); a directory of skeletons you have goes in datasets.ground_truth_skeletons"
         )
     workers = data.get("workers")
     if isinstance(workers, dict) and isinstance(workers.get("stages"), dict) and "agglomerate" in workers["stages"]:

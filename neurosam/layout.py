@@ -330,6 +330,14 @@ def neurons_dir(config: RunConfig, threshold: float) -> Path:
     return config.work_dir / "neurons" / config.segment.scoring_function / f"threshold_{threshold:.4f}"
 
 
+def ground_truth_skeletons_dir(config: RunConfig) -> Path:
+    """The ground truth's skeletons evaluate scores ERL on, in neuroglancer's precomputed format:
+    the user's (``datasets.ground_truth_skeletons``), else those the ground_truth_skeletons stage
+    keeps in the work dir."""
+    given = config.datasets.ground_truth_skeletons
+    return Path(given) if given is not None else config.work_dir / "ground_truth_skeletons"
+
+
 def pieces_dir(work_dir: Path, task_id: str) -> Path:
     """A meshes or skeletons task's pieces, one file per block and group of segments, read by
     its join: under the task id, so pieces of another segmentation are never joined."""

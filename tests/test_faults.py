@@ -212,7 +212,7 @@ def assert_redone_from(config, first_redone: str) -> None:
 def test_changed_inputs_are_noticed(gala, tmp_path):
     """Goal 2 of issue 21: affinities (an input the run does not predict) rewritten in place
     with other values, same path and shape: the rerun redoes every task that read them and ends
-    equal to a fresh run on the new affinities; the ground truth rewritten redoes evaluate."""
+    equal to a fresh run on the new affinities; the ground truth rewritten redoes its skeletons and evaluate."""
     inputs = {role: str(tmp_path / "inputs.zarr" / role) for role in ("affinities", "ground_truth", "raw")}
     for role, source in gala.items():
         shutil.copytree(source, inputs[role])
@@ -233,7 +233,7 @@ def test_changed_inputs_are_noticed(gala, tmp_path):
     truth[:] = np.where(truth[:] > 0, truth[:] + 1, 0)
     rerun = neurosam("run", path)
     assert rerun.returncode == 0 and "ground_truth" in rerun.stderr, rerun.stderr
-    assert_redone_from(config, "evaluate")
+    assert_redone_from(config, "ground_truth_skeletons")
 
 
 def test_a_work_dir_held_by_a_live_run_is_refused(finished):

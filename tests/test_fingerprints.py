@@ -11,13 +11,16 @@ from neurosam.config import load_config
 from neurosam.pipeline.plan import task_ids
 
 
+DATASETS = {"raw": "data.zarr/raw", "affinities": "run/out.zarr/affinities",
+            "fragments": "run/out.zarr/fragments", "segmentation": "run/out.zarr/segmentation"}
+
+
 def write(directory, **changes):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.pt").write_bytes(b"weights")
     config = {
         "work_dir": "run",
-        "datasets": {"raw": "data.zarr/raw", "affinities": "run/out.zarr/affinities",
-                     "fragments": "run/out.zarr/fragments", "segmentation": "run/out.zarr/segmentation"},
+        "datasets": DATASETS,
         "blocks": {"block_size": [100, 100, 100]},
         "rag": {"url": "postgresql://neurosam:secret@127.0.0.1:5432/neurosam"},
         "predict": {"checkpoint": "model.pt"},
@@ -53,3 +56,15 @@ def test_a_parameter_still_changes_its_task_and_those_after_it(tmp_path):
     changed = task_ids(load_config(write(tmp_path / "a", fragments={"epsilon_agglomerate": 0.2})))
     assert changed["predict"] == first["predict"]
     assert all(changed[stage] != first[stage] for stage in first if stage != "predict")
+
+
+def test_ground_truth_skeletons_are_kept_whatever_the_stages_before_them_change(tmp_path):
+    datasets = {**DATASETS, "ground_truth": "data.zarr/neuron_ids"}
+    first = task_ids(load_config(write(tmp_path / "a", datasets=datasets)))
+    changed = task_ids(load_config(write(tmp_path / "a", datasets=datasets, segment={"thresholds": [0.2, 0.4]})))
+    assert changed["ground_truth_skeletons"] == first["ground_truth_skeletons"]
+    assert changed["evaluate"] != first["evaluate"]
+    other = task_ids(load_config(write(tmp_path / "a", datasets=datasets, ground_truth_skeletons={"const": 100})))
+    assert other["ground_truth_skeletons"] != first["ground_truth_skeletons"] and other["evaluate"] != first["evaluate"]
+    assert all(other[stage] == first[stage] for stage in first if stage not in ("ground_truth_skeletons", "evaluate"))
+

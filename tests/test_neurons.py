@@ -45,7 +45,7 @@ def run(tmp_path_factory):
     config_path = write_config(
         tmp_path / "run", inputs, block, None, segment={"thresholds": [0.5]},
         meshes={"reduction_factor": 10}, skeletons={"dust_threshold": 0, "tick_threshold": 0, "const": 50},
-        evaluate={"ground_truth_skeletons": {"dust_threshold": 0, "tick_threshold": 0}},
+        ground_truth_skeletons={"dust_threshold": 0, "tick_threshold": 0},
     )
     summary = run_pipeline(config_path, echo_progress=False)
     config = load_config(config_path)
@@ -88,6 +88,67 @@ def test_evaluation_reports_erl_on_ground_truth_skeletons(run):
     assert skeletons["length"] > SHAPE[1] * VOXEL_SIZE[1] + 0.7 * SHAPE[2] * VOXEL_SIZE[2]
     assert 0 < scores["erl"] <= skeletons["erl_max"] + 1e-6
     assert isinstance(scores["erl_merges"], int) and isinstance(scores["erl_splits"], int)
+
+
+def erl_made_in_evaluate(plan) -> dict[str, float]:
+    """ERL per threshold as evaluate computed it before the ground truth's skeletons were a stage of
+    their own: skeletonised block by block inside evaluate and joined per neuron."""
+    from neurosam.graph.erl import SkeletonGraph, run_length_scores
+    from neurosam.stages.evaluate import _chunks, values_at
+    from neurosam.stages.pieces import sampled
+    from neurosam.stages.relabel import segment_ids
+    from neurosam.stages.skeletons import join_skeleton, skeletonise
+
+    params = plan.config.ground_truth_skeletons
+    pieces: dict[int, list] = {}
+    for chunk in _chunks(plan.volume_roi, plan.block_size):
+        labels, origin = sampled(plan.arrays["ground_truth"], chunk, plan.volume_roi, plan.voxel_size)
+        for neuron, piece in skeletonise(labels, origin, plan.voxel_size, params).items():
+            pieces.setdefault(neuron, []).append(piece)
+    skeletons = {}
+    for neuron, parts in pieces.items():
+        skeleton = join_skeleton(neuron, parts, params)
+        skeletons[neuron] = (skeleton.vertices[:, ::-1], skeleton.edges)
+    graph = SkeletonGraph.join(skeletons)
+    fragments = values_at(plan.arrays["fragments"], graph.positions, plan.volume_roi, plan.block_size)
+    segments = segment_ids(plan, fragments)
+    return {f"{t:.4f}": run_length_scores(graph, segments[row]) for row, t in enumerate(plan.config.segment.thresholds)}
+
+
+def test_erl_on_the_stage_skeletons_equals_erl_made_inside_evaluate(run):
+    from neurosam.layout import load_plan, plan_path
+
+    config, summary, _, _ = run
+    assert [task for task in summary["tasks"] if task.startswith("ground_truth_skeletons-")] != []
+    report = json.loads((config.work_dir / "evaluation.json").read_text())
+    for threshold, scores in erl_made_in_evaluate(load_plan(str(plan_path(config.work_dir)))).items():
+        assert report["thresholds"][threshold]["erl"] == scores["erl"]
+        assert report["thresholds"][threshold]["erl_merges"] == scores["merges"]
+        assert report["thresholds"][threshold]["erl_splits"] == scores["splits"]
+        assert report["ground_truth_skeletons"]["length"] == scores["skeleton_length"]
+
+
+def test_given_ground_truth_skeletons_in_voxels_read_as_the_stage_made_ones(run, tmp_path):
+    """Skeletons in voxels with a transform to nm, as CloudVolume may write them, read to the same
+    positions in nm as the stage's own."""
+    from osteoid import Skeleton
+
+    from neurosam.layout import ground_truth_skeletons_dir, load_plan, plan_path
+    from neurosam.stages.evaluate import read_skeletons
+
+    config, _, _, _ = run
+    made = ground_truth_skeletons_dir(config)
+    info = json.loads((made / "info").read_text())
+    info["transform"] = [VOXEL_SIZE[2], 0, 0, 0, 0, VOXEL_SIZE[1], 0, 0, 0, 0, VOXEL_SIZE[0], 0]
+    (tmp_path / "info").write_text(json.dumps(info))
+    for path in made.iterdir():
+        if path.name != "info":
+            skeleton = Skeleton.from_precomputed(path.read_bytes())
+            skeleton.vertices = skeleton.vertices / np.array(VOXEL_SIZE[::-1], dtype=np.float32)
+            (tmp_path / path.name).write_bytes(skeleton.to_precomputed())
+    given, stage_made = read_skeletons(tmp_path), read_skeletons(made)
+    assert np.allclose(given.positions, stage_made.positions) and np.array_equal(given.edges, stage_made.edges)
+    assert len(np.unique(stage_made.skeleton_ids)) == 2
 
 
 def test_the_precomputed_export_reads_back_through_cloudvolume(run, tmp_path):

@@ -61,13 +61,19 @@ def _volume_roi(config: RunConfig, source_roi: Roi, voxel_size: Coordinate, sour
 
 def task_ids(config: RunConfig) -> dict[str, str]:
     """Stage name -> task id. A task's id carries a fingerprint of everything its output depends
-    on (its config sections, and its upstream task's fingerprint), so changing a parameter starts
-    that task and everything downstream afresh, while an unchanged rerun skips every finished block."""
+    on (its config sections, and its upstream task's fingerprint unless it uses nothing upstream
+    writes), so changing a parameter starts that task and everything downstream afresh, while an
+    unchanged rerun skips every finished block."""
     ids, upstream = {}, ""
     for stage in stages_for(config):
-        upstream = hashlib.sha256((upstream + config.fingerprint(*stage.sections)).encode()).hexdigest()[:10]
-        ids[stage.name] = f"{stage.name}-{upstream}"
+        own = _digest((upstream if stage.uses_upstream else "") + config.fingerprint(*stage.sections))
+        ids[stage.name] = f"{stage.name}-{own}"
+        upstream = own if stage.uses_upstream else _digest(upstream + own)
     return ids
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def _task_layouts(stage: Stage, task_id: str, plan: RunPlan) -> list[TaskLayout]:

@@ -9,12 +9,13 @@ config section named after it, if it has parameters).
 from __future__ import annotations
 
 from neurosam.config import RunConfig
-from neurosam.stages import contacts, evaluate, fragments, meshes, predict, relabel, segment, skeletons
+from neurosam.stages import contacts, evaluate, fragments, ground_truth_skeletons, meshes, predict, relabel, segment, skeletons
 from neurosam.stages.stage import Stage
 
 STAGES: list[Stage] = [
     predict.STAGE, fragments.STAGE, contacts.STAGE, segment.STAGE, relabel.STAGE,
-    meshes.STAGE, meshes.JOIN_STAGE, skeletons.STAGE, skeletons.JOIN_STAGE, evaluate.STAGE,
+    meshes.STAGE, meshes.JOIN_STAGE, skeletons.STAGE, skeletons.JOIN_STAGE,
+    ground_truth_skeletons.STAGE, evaluate.STAGE,
 ]
 
 

@@ -14,13 +14,18 @@ import numpy as np
 from neurosam.layout import RunPlan, TaskLayout
 
 
-def block_ids(task: TaskLayout) -> np.ndarray:
-    """daisy's block id of every block of the task, by grid position: daisy numbers blocks
-    itself, and this asks it rather than repeating its numbering."""
+def task_blocks(task: TaskLayout) -> list[daisy.Block]:
+    """Every block of the task as daisy makes them: daisy numbers blocks itself, and this asks
+    it rather than repeating its numbering."""
     graph = daisy.BlockwiseDependencyGraph(
         task.task_id, task.read_roi, task.write_roi, False, "shrink", total_read_roi=task.total_roi
     )
-    blocks = [block for block, _ in graph.enumerate_all_dependencies()]
+    return [block for block, _ in graph.enumerate_all_dependencies()]
+
+
+def block_ids(task: TaskLayout) -> np.ndarray:
+    """daisy's block id of every block of the task, by grid position."""
+    blocks = task_blocks(task)
     origin = task.total_roi.offset + task.write_roi.offset
     positions = np.array([(block.write_roi.offset - origin) / task.write_roi.shape for block in blocks])
     ids = np.empty(tuple(positions.max(axis=0) + 1), dtype=np.int64)

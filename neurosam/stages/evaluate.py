@@ -6,9 +6,9 @@ through segment's lookup: the fragments and the ground truth are read once, what
 of thresholds, and a whole-brain ground truth is never held at once. The picture is one section
 of the raw with the best threshold's segments over it.
 
-Expected run length is scored on skeletons of the ground truth, made chunk by chunk with the
-skeletons stage's own functions and joined per neuron: each skeleton node's fragment, read once,
-gives its segment at every threshold through the same lookup.
+Expected run length is scored on skeletons of the ground truth, which evaluate only reads: the
+user's, or those the ground_truth_skeletons stage made and keeps. Each skeleton node's fragment,
+read once, gives its segment at every threshold through the same lookup.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam.graph.erl import SkeletonGraph, run_length_scores
 from neurosam.graph.metrics import Contingency, contingency, scores_from_contingency, sum_contingencies
-from neurosam.layout import RunPlan, StoredArray, WorkerSetup, evaluation_path, evaluation_pictures, segmentation_role
-from neurosam.stages.pieces import sampled
+from neurosam.layout import (
+    RunPlan, StoredArray, WorkerSetup, evaluation_path, evaluation_pictures, ground_truth_skeletons_dir, segmentation_role,
+)
 from neurosam.stages.relabel import segment_ids
-from neurosam.stages.skeletons import join_skeleton, skeletonise
-from neurosam.stages.stage import Stage, check_input, whole_volume
+from neurosam.stages.stage import InputError, Stage, check_input, whole_volume
 from neurosam.view import plot_scores_vs_threshold, plot_segmentation_slice
 
 TABLES_PER_MERGE = 32
@@ -38,6 +38,13 @@ def check_ground_truth(plan: RunPlan) -> None:
     """Checked, and kept among the plan's arrays: a change to it redoes the evaluation."""
     path = plan.config.datasets.ground_truth
     plan.arrays["ground_truth"] = StoredArray.of(path, check_input(plan, path, "ground truth", LABEL_DTYPES))
+
+
+def check_evaluate_inputs(plan: RunPlan) -> None:
+    check_ground_truth(plan)
+    given = plan.config.datasets.ground_truth_skeletons
+    if plan.config.evaluate.erl and given is not None and not (Path(given) / "info").is_file():
+        raise InputError(f"ground truth skeletons {given}: no precomputed skeletons there (no info file)")
 
 
 def stored_contingency(labels: StoredArray, ground_truth: StoredArray, roi: Roi, chunk: Coordinate, ignore_background: bool = True) -> Contingency:
@@ -83,21 +90,19 @@ def write_report(results: dict, path: str | os.PathLike) -> None:
     partial.replace(path)
 
 
+def read_skeletons(directory: Path) -> SkeletonGraph:
+    """Every skeleton of a precomputed skeletons directory (unsharded), positions in nm (z y x)
+    through its ``info``'s transform."""
+    from osteoid import Skeleton
 
-
-def ground_truth_skeletons(plan: RunPlan) -> SkeletonGraph:
-    """One connected skeleton per ground-truth neuron, positions in nm (z y x)."""
-    params = plan.config.evaluate.ground_truth_skeletons
-    ground_truth = plan.arrays["ground_truth"]
-    pieces: dict[int, list] = {}
-    for chunk in _chunks(plan.volume_roi, plan.block_size):
-        labels, origin = sampled(ground_truth, chunk, plan.volume_roi, plan.voxel_size)
-        for neuron, piece in skeletonise(labels, origin, plan.voxel_size, params).items():
-            pieces.setdefault(neuron, []).append(piece)
+    info = json.loads((directory / "info").read_text())
+    transform = np.array(info.get("transform", [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]), dtype=np.float64).reshape(3, 4)
     skeletons = {}
-    for neuron, parts in pieces.items():
-        skeleton = join_skeleton(neuron, parts, params)
-        skeletons[neuron] = (skeleton.vertices[:, ::-1], skeleton.edges)
+    for path in directory.iterdir():
+        if path.name.isdigit():
+            skeleton = Skeleton.from_precomputed(path.read_bytes(), vertex_attributes=info.get("vertex_attributes", []))
+            vertices = skeleton.vertices @ transform[:, :3].T + transform[:, 3]
+            skeletons[int(path.name)] = (vertices[:, ::-1], skeleton.edges)
     return SkeletonGraph.join(skeletons)
 
 
@@ -133,7 +138,7 @@ def evaluate_run(plan: RunPlan) -> dict:
     best = min(per_threshold, key=lambda t: per_threshold[t]["voi"])
     run_length = {}
     if config.evaluate.erl:
-        skeletons = ground_truth_skeletons(plan)
+        skeletons = read_skeletons(ground_truth_skeletons_dir(config))
         fragments = values_at(plan.arrays["fragments"], skeletons.positions, plan.volume_roi, plan.block_size)
         skeleton_segments = segment_ids(plan, fragments)
         for row, threshold in enumerate(thresholds):
@@ -172,5 +177,5 @@ def evaluate_blocks(setup: WorkerSetup):
 STAGE = Stage(
     "evaluate", "neurosam.stages.evaluate:evaluate_blocks", whole_volume,
     sections=("evaluate",), enabled=lambda config: config.datasets.ground_truth is not None,
-    check_inputs=check_ground_truth, work_files=lambda plan: [evaluation_path(plan.work_dir)], reads=("ground_truth", "raw"),
+    check_inputs=check_evaluate_inputs, work_files=lambda plan: [evaluation_path(plan.work_dir)], reads=("ground_truth", "raw"),
 )

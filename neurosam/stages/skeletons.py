@@ -11,12 +11,13 @@ trim ticks. Vertices are in nm, x y z, as neuroglancer's precomputed skeletons h
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate
 
 from neurosam.config import TeasarConfig
-from neurosam.layout import RunPlan, WorkerSetup, neurons_dir, pieces_dir, segmentation_role
+from neurosam.layout import RunPlan, StoredArray, WorkerSetup, neurons_dir, pieces_dir, segmentation_role
 from neurosam.stages.pieces import Piece, group_count, join_all, join_layout, sample_around, sample_step, sampled, save_pieces
 from neurosam.stages.stage import Stage
 
@@ -71,33 +72,43 @@ def skeleton_threshold(plan: RunPlan) -> float:
     return plan.config.neuron_threshold(plan.config.skeletons)
 
 
-@contextmanager
-def skeleton_blocks(setup: WorkerSetup):
-    plan, settings = setup.plan, setup.settings
-    segmentation = plan.arrays[segmentation_role(skeleton_threshold(plan))]
-    out, groups = pieces_dir(plan.work_dir, setup.task.task_id), group_count(plan)
+def skeletonised_blocks(plan: RunPlan, task_id: str, labels: StoredArray, step: Coordinate, params: TeasarConfig):
+    """``process(block)``: the pieces of every segment of ``labels`` in the block, sampled every
+    ``step`` nm, saved for the join; shared with the ground truth's skeletons."""
+    out, groups = pieces_dir(plan.work_dir, task_id), group_count(plan)
     out.mkdir(parents=True, exist_ok=True)
-    step = sample_step(plan, settings.resolution)
 
     def process(block) -> None:
-        labels, origin = sampled(segmentation, block.write_roi, plan.volume_roi, step)
-        save_pieces(out, block.block_id[1], skeletonise(labels, origin, step, settings), groups)
+        samples, origin = sampled(labels, block.write_roi, plan.volume_roi, step)
+        save_pieces(out, block.block_id[1], skeletonise(samples, origin, step, params), groups)
 
-    yield process
+    return process
+
+
+def joined_skeletons(pieces: Path, out_dir: Path, params: TeasarConfig):
+    """``process(block)`` of a join: every segment's pieces under ``pieces`` joined into one
+    precomputed skeleton file in ``out_dir`` (segments left empty by the clean-up dropped)."""
+
+    def join(segment: int, parts: list[Piece]):
+        skeleton = join_skeleton(segment, parts, params)
+        if len(skeleton.vertices):
+            yield str(segment), skeleton.to_precomputed()
+
+    return lambda block: join_all(pieces, out_dir, join, SKELETON_INFO)
+
+
+@contextmanager
+def skeleton_blocks(setup: WorkerSetup):
+    plan = setup.plan
+    segmentation = plan.arrays[segmentation_role(skeleton_threshold(plan))]
+    yield skeletonised_blocks(plan, setup.task.task_id, segmentation, sample_step(plan, setup.settings.resolution), setup.settings)
 
 
 @contextmanager
 def join_skeleton_blocks(setup: WorkerSetup):
     plan = setup.plan
-    settings = plan.config.skeletons
     pieces = pieces_dir(plan.work_dir, plan.task_of_stage("skeletons").task_id)
-
-    def join(segment: int, parts: list[Piece]):
-        skeleton = join_skeleton(segment, parts, settings)
-        if len(skeleton.vertices):
-            yield str(segment), skeleton.to_precomputed()
-
-    yield lambda block: join_all(pieces, skeletons_dir(plan), join, SKELETON_INFO)
+    yield joined_skeletons(pieces, skeletons_dir(plan), plan.config.skeletons)
 
 
 def skeletons_dir(plan: RunPlan):

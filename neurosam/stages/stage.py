@@ -74,6 +74,10 @@ class Stage:
     """Raises ``InputError`` for an input the stage cannot read, before any block runs."""
     steps: Callable[[RunPlan], list[Step]] | None = None
     """A stage that runs as several daisy tasks: them, in order; else one task of ``layout``."""
+    uses_upstream: bool = True
+    """Its output depends on what the stages before it write. False for one that reads only the
+    run's inputs (the ground truth's skeletons): its task id leaves their fingerprints out, so it
+    is kept whatever they change, while the stages after it carry its fingerprint too."""
 
 
 def require_multiple(name: str, value: Coordinate, unit: Coordinate, unit_name: str = "the voxel size") -> None:
