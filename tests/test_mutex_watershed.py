@@ -46,15 +46,7 @@ def mutex_runs(tmp_path_factory):
     return load_config(blockwise), load_config(one_block)
 
 
-KNOWN_DIVERGENCE = pytest.mark.xfail(
-    strict=True,
-    reason="since the hierarchical global step, the block-wise run of mutex-watershed fragments makes fewer merges "
-    "than the one-block run at 0.5 and 0.7 (VOI 0.81 and 1.07 apart; at most 3e-5 before it; watershed fragments of "
-    "the same affinities stay identical): issue 18's open exactness case",
-)
-
-
-@pytest.mark.parametrize("threshold", [0.3, pytest.param(0.5, marks=KNOWN_DIVERGENCE), pytest.param(0.7, marks=KNOWN_DIVERGENCE)])
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
 def test_blockwise_mutex_watershed_equals_one_block(mutex_runs, threshold):
     """The block-wise segmentation equals the one-block one, up to a few voxels."""
     blockwise, one_block = mutex_runs

@@ -3,7 +3,8 @@
 A super-block merges the graph of its inputs (fragments at level 0; at higher levels the segments
 its children left frozen) in increasing score order (``neurosam.graph.merging``). A segment that
 holds a fragment on one of its faces inside the volume is frozen: its edges beyond the face are
-not known here. Edges between frozen segments go to the parent (``deferred``), with their
+not known here; once the forced edges are merged, so is every segment next to a frozen one (a
+piece of a cut basin keeps one pair with each neighbour until its other pieces join). Edges between frozen segments go to the parent (``deferred``), with their
 statistics summed, and so do the raw edges that cross the faces (``outgoing``, fragment pairs);
 the parent names their ends through its children's ``faces``: every fragment on a face, with its
 segment there. A segment never frozen is finished: its edges left all score at or above the

@@ -8,14 +8,19 @@ multiset of its fragment pairs' maxima (waterz's ``InitWithMax``), kept as linke
 folding two edges is a splice. A forced edge (the pieces of one watershed basin cut by block
 faces) scores below everything and merges even frozen regions: joining the pieces is how one
 volume's watershed would have built the graph, so their pairs with a fragment beyond fold into
-one pair, of the larger maximum, before any merging.
+one pair, of the larger maximum, before any merging. Parallel edges given in the graph are such
+pairs too (a parent's edges between two children's pieces of basins), and fold the same way.
 
 Frozen regions support the hierarchy (``neurosam.graph.hierarchy``): a region that may have edges
 this graph does not hold never merges here. An edge with a frozen end is deferred when it is
 popped, and its other end freezes from then on, because the merge the whole graph would make at
-that score is not known here. For the scoring functions that ``neurosam.graph.scoring`` accepts
-as exact, a folded edge scores at least the lower of its parts, so scores pop in increasing
-order and every merge made here is made, at the same score, by one process over the whole graph.
+that score is not known here. Once the forced edges are merged, the regions next to a frozen
+one freeze too: a frozen region may be a piece of a basin whose other pieces lie beyond the
+graph, and a neighbour touching two pieces must still hold one pair with each when a parent
+joins them, as it did here before any merging. For the scoring functions that
+``neurosam.graph.scoring`` accepts as exact, a folded edge scores at least the lower of its
+parts, so scores pop in increasing order and every merge made here is made, at the same score,
+by one process over the whole graph.
 """
 
 from __future__ import annotations
@@ -288,6 +293,18 @@ def _densify(e, used_rows, head, next_element, value, dense, rows, bins):
 
 
 @numba.njit(cache=True, nogil=True)
+def _freeze_neighbours(ends, alive, frozen):
+    """Freeze every region next to a frozen one (the ends of every alive edge are roots)."""
+    was = frozen.copy()
+    for e in range(ends.shape[0]):
+        if alive[e]:
+            a, b = ends[e, 0], ends[e, 1]
+            if was[a] or was[b]:
+                frozen[a] = True
+                frozen[b] = True
+
+
+@numba.njit(cache=True, nogil=True)
 def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, length, next_element, value, dense,
                 frozen, codes, parameters, threshold, scratch_size, bins):
     """The loop itself; ``ends`` (E, 2) are updated to roots as regions merge. Returns the merges
@@ -322,7 +339,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         a, b = ends[e, 0], ends[e, 1]
         slot = _slot(keys, np.int64(min(a, b)) * nodes + max(a, b))
         if keys[slot] >= 0:
-            _fold(values[slot], e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, False, dense, rows, bins)
+            _fold(values[slot], e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, True, dense, rows, bins)
             alive[e] = False
             continue
         keys[slot] = np.int64(min(a, b)) * nodes + max(a, b)
@@ -354,6 +371,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     merged_out = np.empty(16, dtype=np.int64)
     score_out = np.empty(16)
     merges = 0
+    forced_merged = False
     while size > 0:
         s, e = heap_score[0], heap_edge[0]
         if s >= threshold:
@@ -361,6 +379,9 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         size = _pop(heap_score, heap_edge, size)
         if not alive[e] or deferred[e] or s != score[e]:
             continue
+        if not forced_merged and not forced[e]:
+            forced_merged = True
+            _freeze_neighbours(ends, alive, frozen)
         a, b = ends[e, 0], ends[e, 1]
         if (frozen[a] or frozen[b]) and not forced[e]:
             deferred[e] = True
