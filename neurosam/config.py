@@ -241,6 +241,10 @@ class SkeletonsConfig(TeasarConfig):
     """The segmentation to skeletonise; default as for ``meshes``."""
     resolution: PositiveVector3 = (40, 40, 40)
     """nm: skeletonised on every k-th voxel, as for ``meshes``."""
+    block_dust_threshold: int = Field(8, ge=0)
+    """Samples: a segment's connected piece in one block with fewer is not skeletonised. It
+    would give a few nm of cable, a tick or dust to the join's clean-up; most of a noisy
+    segmentation's pieces are such, and TEASAR runs per piece (0: every piece)."""
 
 
 class EvaluateConfig(StrictModel):

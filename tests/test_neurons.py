@@ -167,3 +167,24 @@ def test_the_precomputed_export_reads_back_through_cloudvolume(run, tmp_path):
     stored = zmesh.Mesh.from_precomputed((neurons_dir(config, 0.5) / "mesh" / str(neuron)).read_bytes())
     assert len(mesh.faces) == len(stored.faces)
     assert len(volume.skeleton.get(neuron).components()) == 1
+
+
+@pytest.mark.parametrize("dust_threshold", [399.0, 400.0])
+def test_the_join_drops_unjoined_only_what_its_clean_up_drops(tmp_path, dust_threshold):
+    """A segment of 400 nm of cable in two blocks' pieces: at a dust threshold of 400 nm kimimaro's
+    clean-up leaves nothing of it, and the join skips it; at 399 nm both keep it."""
+    from neurosam.config import TeasarConfig
+    from neurosam.stages.pieces import save_pieces
+    from neurosam.stages.skeletons import join_skeleton, joined_skeletons
+
+    line = np.array([(100.0 * i, 0, 0) for i in range(5)], dtype=np.float32)
+    pieces = [
+        {"vertices": line[:3], "edges": np.array([(0, 1), (1, 2)], np.uint32), "radii": np.full(3, 50, np.float32)},
+        {"vertices": line[2:], "edges": np.array([(0, 1), (1, 2)], np.uint32), "radii": np.full(3, 50, np.float32)},
+    ]
+    for block, piece in enumerate(pieces):
+        save_pieces(tmp_path / "pieces", block, {7: piece}, groups=1)
+    params = TeasarConfig(dust_threshold=dust_threshold, tick_threshold=0)
+    joined_skeletons(tmp_path / "pieces", tmp_path / "out", params)(None)
+    kept = len(join_skeleton(7, pieces, params).vertices) > 0
+    assert (tmp_path / "out" / "7").exists() == kept == (dust_threshold < 400)

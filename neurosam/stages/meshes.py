@@ -42,10 +42,13 @@ def mesh_pieces(labels: np.ndarray, origin: Coordinate, voxel_size: Coordinate, 
 
 
 def join_mesh(segment: int, pieces: list[Piece]):
-    """One ``zmesh.Mesh`` of a segment's pieces, their shared vertices merged."""
+    """One ``zmesh.Mesh`` of a segment's pieces, their shared vertices merged; a segment within
+    one block (most segments) is its one piece as zmesh made it, with nothing to merge."""
     import zmesh
 
     parts = [zmesh.Mesh(piece["vertices"], piece["faces"], None, id=segment) for piece in pieces]
+    if len(parts) == 1:
+        return parts[0]
     return zmesh.Mesh.concatenate(*parts, id=segment).consolidate()
 
 

@@ -31,16 +31,16 @@ SKELETON_INFO = {
 }
 
 
-def skeletonise(labels: np.ndarray, origin: Coordinate, voxel_size: Coordinate, params: TeasarConfig) -> dict[int, Piece]:
+def skeletonise(labels: np.ndarray, origin: Coordinate, voxel_size: Coordinate, params: TeasarConfig, dust: int = 0) -> dict[int, Piece]:
     """Pieces of every segment of ``labels`` (z y x, samples ``voxel_size`` nm apart, the first at
-    ``origin`` nm)."""
+    ``origin`` nm), but for connected pieces of fewer than ``dust`` samples."""
     import kimimaro
 
     skeletons = kimimaro.skeletonize(
         np.asfortranarray(labels.T),
         teasar_params={"scale": params.scale, "const": params.const},
         anisotropy=tuple(voxel_size[::-1]),
-        dust_threshold=0,
+        dust_threshold=dust,
         fix_borders=True,
         progress=False,
         parallel=1,
@@ -54,6 +54,11 @@ def skeletonise(labels: np.ndarray, origin: Coordinate, voxel_size: Coordinate, 
         }
         for segment, skeleton in skeletons.items()
     }
+
+
+def cable_length(piece: Piece) -> float:
+    vertices, edges = piece["vertices"].astype(np.float64), piece["edges"]
+    return float(np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1).sum())
 
 
 def join_skeleton(segment: int, pieces: list[Piece], params: TeasarConfig):
@@ -72,24 +77,29 @@ def skeleton_threshold(plan: RunPlan) -> float:
     return plan.config.neuron_threshold(plan.config.skeletons)
 
 
-def skeletonised_blocks(plan: RunPlan, task_id: str, labels: StoredArray, step: Coordinate, params: TeasarConfig):
+def skeletonised_blocks(plan: RunPlan, task_id: str, labels: StoredArray, step: Coordinate, params: TeasarConfig, dust: int = 0):
     """``process(block)``: the pieces of every segment of ``labels`` in the block, sampled every
-    ``step`` nm, saved for the join; shared with the ground truth's skeletons."""
+    ``step`` nm (see ``skeletonise`` for ``dust``), saved for the join; shared with the ground
+    truth's skeletons."""
     out, groups = pieces_dir(plan.work_dir, task_id), group_count(plan)
     out.mkdir(parents=True, exist_ok=True)
 
     def process(block) -> None:
         samples, origin = sampled(labels, block.write_roi, plan.volume_roi, step)
-        save_pieces(out, block.block_id[1], skeletonise(samples, origin, step, params), groups)
+        save_pieces(out, block.block_id[1], skeletonise(samples, origin, step, params, dust), groups)
 
     return process
 
 
 def joined_skeletons(pieces: Path, out_dir: Path, params: TeasarConfig):
     """``process(block)`` of a join: every segment's pieces under ``pieces`` joined into one
-    precomputed skeleton file in ``out_dir`` (segments left empty by the clean-up dropped)."""
+    precomputed skeleton file in ``out_dir`` (segments left empty by the clean-up dropped). A
+    segment whose pieces hold no more cable than ``dust_threshold`` in all is dropped unjoined:
+    the clean-up would drop each of its components (most segments of a noisy segmentation)."""
 
     def join(segment: int, parts: list[Piece]):
+        if params.dust_threshold > 0 and sum(cable_length(part) for part in parts) <= params.dust_threshold:
+            return
         skeleton = join_skeleton(segment, parts, params)
         if len(skeleton.vertices):
             yield str(segment), skeleton.to_precomputed()
@@ -101,7 +111,10 @@ def joined_skeletons(pieces: Path, out_dir: Path, params: TeasarConfig):
 def skeleton_blocks(setup: WorkerSetup):
     plan = setup.plan
     segmentation = plan.arrays[segmentation_role(skeleton_threshold(plan))]
-    yield skeletonised_blocks(plan, setup.task.task_id, segmentation, sample_step(plan, setup.settings.resolution), setup.settings)
+    settings = setup.settings
+    yield skeletonised_blocks(
+        plan, setup.task.task_id, segmentation, sample_step(plan, settings.resolution), settings, settings.block_dust_threshold
+    )
 
 
 @contextmanager
