@@ -4,6 +4,7 @@ scripts/start_slurm.sh: workers are batch jobs that connect back to the schedule
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -204,6 +205,40 @@ def test_pipeline_on_slurm_equals_local(slurm_cluster, tmp_path: Path) -> None:
         np.testing.assert_array_equal(read_segmentation(local, threshold), read_segmentation(slurm, threshold))
     job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_logs_dir(slurm.work_dir).glob("*.out")}
     assert job_logs == {f"neurosam-{task}" for task in summary["tasks"]}
+    assert queued_jobs() == []
+
+
+def test_meshes_skeletons_and_ground_truth_skeletons_on_slurm_equal_local(slurm_cluster, tmp_path: Path) -> None:
+    """The neurons stages (blocks and joins) and the ground truth's skeletons as SLURM jobs write
+    the same files as local workers, byte for byte, and evaluate scores the same ERL."""
+    from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
+    from pipeline_support import write_inputs
+    from test_neurons import SHAPE, VOXEL_SIZE, tubes
+
+    labels = tubes()
+    inputs = write_inputs(tmp_path / "inputs", labels_to_affinities(labels, NEAREST_OFFSETS)[0], labels, VOXEL_SIZE)
+    block = tuple(s * v // 2 for s, v in zip(SHAPE, VOXEL_SIZE))
+    sections = {"segment": {"thresholds": [0.5]}, "meshes": {}, "skeletons": {"dust_threshold": 0, "const": 50}}
+    slurm_workers = {"count": 2, "launcher": "slurm", "slurm": {"partition": "debug", "memory": "2G"}}
+    local_path = write_config(tmp_path / "local", inputs, block, None, **sections)
+    slurm_path = write_config(tmp_path / "slurm", inputs, block, None, **sections, workers=slurm_workers)
+
+    run_pipeline(local_path, echo_progress=False)
+    summary = run_pipeline(slurm_path, echo_progress=False)
+
+    local, slurm = load_config(local_path), load_config(slurm_path)
+    job_logs = {log.name.rsplit("-", 1)[0] for log in slurm_logs_dir(slurm.work_dir).glob("*.out")}
+    assert job_logs == {f"neurosam-{task}" for task in summary["tasks"]}
+    written = [
+        {path.relative_to(config.work_dir): path.read_bytes() for folder in ("neurons", "ground_truth_skeletons")
+         for path in sorted((config.work_dir / folder).rglob("*")) if path.is_file()}
+        for config in (local, slurm)
+    ]
+    assert any(path.parts[0] == "ground_truth_skeletons" for path in written[0])
+    assert any(path.name == "info" and "skeletons" in path.parts for path in written[0])
+    assert written[0] == written[1]
+    scores = [json.loads((config.work_dir / "evaluation.json").read_text())["thresholds"] for config in (local, slurm)]
+    assert scores[0] == scores[1] and scores[0]["0.5000"]["erl"] > 0
     assert queued_jobs() == []
 
 
