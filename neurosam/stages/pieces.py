@@ -6,9 +6,11 @@ The grid samples every k-th voxel from the volume's origin (``sample_step``); k 
 so every block's samples lie on the one grid, and neighbouring blocks share the samples of their
 common face, where meshes and skeletons meet exactly.
 
-A block's pieces go to one file per group (``segment id % groups``, one group per block of the
-grid), so the join holds one group's pieces at a time, whatever the volume: its memory follows
-the largest group's meshes or skeletons, not the whole volume's.
+A block's pieces go to one file per group (``segment id % groups``, one group per
+``BLOCKS_PER_GROUP`` blocks of the grid), so the join holds one group's pieces at a time, whatever
+the volume: its memory follows the largest group's meshes or skeletons, not the whole volume's.
+A group spans several blocks' worth because every block writes a file into each group its
+segments fall in, and the join opens them all: files, not voxels, set that cost.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from funlib.geometry import Coordinate, Roi
 
 from neurosam.layout import RunPlan, StoredArray
 from neurosam.stages.stage import Layout, blocks_with_context, whole_volume
+
+BLOCKS_PER_GROUP = 8
 
 Piece = dict[str, np.ndarray]
 """One segment's piece from one block: named arrays (``vertices``, ``faces`` or ``edges``, ...)."""
@@ -54,7 +58,8 @@ join_layout = whole_volume
 
 
 def group_count(plan: RunPlan) -> int:
-    return int(np.prod([-(-size // block) for size, block in zip(plan.volume_roi.shape, plan.block_size)]))
+    blocks = int(np.prod([-(-size // block) for size, block in zip(plan.volume_roi.shape, plan.block_size)]))
+    return -(-blocks // BLOCKS_PER_GROUP)
 
 
 def sampled(segmentation: StoredArray, write_roi: Roi, volume_roi: Roi, step: Coordinate) -> tuple[np.ndarray, Coordinate]:
