@@ -19,7 +19,7 @@ import numpy as np
 from neurosam.graph.agglomeration import contact_statistics
 from neurosam.graph.labels import unique_inverse
 from neurosam.layout import RunPlan, WorkerSetup, claims_role
-from neurosam.stages.fragments import owner_block, read_nearest_affinities
+from neurosam.stages.fragments import fragments_block_id, owner_block, read_nearest_affinities
 from neurosam.stages.stage import Layout, Stage, blocks_with_context
 
 
@@ -37,9 +37,10 @@ def contacts_block(setup: WorkerSetup, block) -> None:
         ids = np.concatenate([[0], ids])
     affinities = read_nearest_affinities(plan, block.read_roi)
     pairs, statistics = contact_statistics(affinities, local, claimed_by_neighbour(plan, block.read_roi, fragments))
-    owned = owner_block(plan, ids[pairs[:, 0]]) == block.block_id[1]
+    block_id = fragments_block_id(plan, block.write_roi)
+    owned = owner_block(plan, ids[pairs[:, 0]]) == block_id
     owned_statistics = {name: values[owned] for name, values in statistics.items()}
-    setup.rag.write_edges(block.block_id[1], ids[pairs[owned, 0]], ids[pairs[owned, 1]], owned_statistics)
+    setup.rag.write_edges(block_id, ids[pairs[owned, 0]], ids[pairs[owned, 1]], owned_statistics)
 
 
 def claimed_by_neighbour(plan, roi, fragments: np.ndarray) -> list[np.ndarray]:

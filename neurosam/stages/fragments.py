@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 from contextlib import contextmanager
 
+import daisy.v2 as daisy
 import numpy as np
 import waterz
 from funlib.geometry import Coordinate, Roi
@@ -73,6 +74,16 @@ def first_fragment_id(plan: RunPlan, block_id: int) -> int:
 
 def owner_block(plan: RunPlan, fragment_ids: np.ndarray) -> np.ndarray:
     return (fragment_ids.astype(np.uint64) - 1) // np.uint64(voxels_per_block(plan))
+
+
+def fragments_block_id(plan: RunPlan, write_roi: Roi) -> int:
+    """daisy's id of the fragments block that writes ``write_roi``: the id its fragments carry.
+    daisy numbers a block by its place in its task's total ROI, which the fragments' context
+    widens, so another stage's block over the same ROI has another id once the context reaches
+    a block's size."""
+    task = plan.task_of_stage("fragments")
+    shift = write_roi.offset - task.write_roi.offset
+    return daisy.Block(task.total_roi, task.read_roi.shift(shift), task.write_roi.shift(shift)).block_id[1]
 
 
 def read_nearest_affinities(plan: RunPlan, roi: Roi) -> np.ndarray:
