@@ -24,6 +24,7 @@ services:
 	bash scripts/start_postgres.sh
 	bash scripts/start_slurm.sh
 	bash scripts/install_chromium.sh
+	bash scripts/install_boost.sh
 
 test: install services
 	$(BIN)/python -m pytest -q -ra

@@ -14,7 +14,7 @@ from neurosam.affinities import boundary_to_affinities
 from neurosam.config import HIST_QUANT_50, HIST_QUANT_75
 from neurosam.graph.agglomeration import contact_statistics
 from neurosam.graph.hierarchy import FACES, Edges, agglomerate_super_block, parent_inputs, segment_table
-from neurosam.graph.merging import Graph, merge, score_edges
+from neurosam.graph.merging import Graph, below, merge, score_edges
 from neurosam.graph.scoring import Program, ScoringFunctionError, inexact_reason
 from neurosam.stages.fragments import watershed
 from pipeline_support import read_h5
@@ -203,8 +203,8 @@ def _one_process(shape, edges, program, threshold, thresholds):
     merged = merge(Graph(count, u.astype(np.int64), v.astype(np.int64), maximum, minimum, total, area, forced), program, threshold)
     result = np.zeros((len(thresholds), count - 1), dtype=np.uint64)
     for row, t in enumerate(thresholds):
-        below = merged.scores < t
-        graph = coo_matrix((np.ones(below.sum()), (merged.kept[below], merged.merged[below])), shape=(count, count))
+        made = below(merged.scores, t)
+        graph = coo_matrix((np.ones(made.sum()), (merged.kept[made], merged.merged[made])), shape=(count, count))
         _, component = connected_components(graph, directed=False)
         smallest = np.full(count, count)
         np.minimum.at(smallest, component, np.arange(count))
@@ -271,3 +271,21 @@ def test_functions_the_statistics_cannot_score_are_refused():
         Program("OneMinus<HistogramQuantileAffinity<RegionGraphType, 50, ScoreValue, 256, false>>")
     with pytest.raises(ScoringFunctionError, match="cannot be scored"):
         Program("OneMinus<MeanMaxKAffinity<RegionGraphType, 3, ScoreValue>>")
+
+
+def test_thresholds_compare_as_waterz_does_in_float32():
+    """1 - 51/255 is 0.8 in float32, waterz's ScoreValue: at threshold 0.8 waterz does not merge
+    two fragments whose contact has that affinity, although in float64 it scores below 0.8."""
+    affinities = np.ones((3, 1, 1, 2), dtype=np.float32)
+    affinities[2, 0, 0, 1] = np.float32(51 / 255)
+    fragments = np.array([[[1, 2]]], dtype=np.uint64)
+    scoring = "OneMinus<MinAffinity<RegionGraphType, ScoreValue>>"
+    theirs = next(waterz.agglomerate(affinities, [0.8], fragments=fragments.copy(), scoring_function=scoring))
+    pairs, statistics = contact_statistics(affinities, fragments)
+    graph = Graph(
+        3, pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64), statistics["affinity_max"], statistics["affinity_min"],
+        statistics["affinity_sum"], statistics["contact_area"], np.zeros(1, dtype=bool),
+    )
+    assert len(np.unique(theirs)) == 2 and len(pairs) == 1
+    assert len(merge(graph, Program(scoring), 0.8).kept) == 0
+    assert not below(merge(graph, Program(scoring), 0.81).scores, 0.8).any()

@@ -138,6 +138,7 @@ def test_global_agglomeration_reproduces_waterz(cells, name):
     path = write(directory, base, name, EXACT[name])
     summary = run_pipeline(path, echo_progress=False)
     assert all(counts["skipped_as_done"] == counts["blocks"] for task, counts in summary["tasks"].items() if task.startswith(("fragments", "contacts")))
+    assert [counts["blocks"] for task, counts in summary["tasks"].items() if "-up" in task] == [6, 2, 1]
     config = load_config(path)
     theirs = waterz.agglomerate(affinities, THRESHOLDS, fragments=fragments.copy(), scoring_function=EXACT[name])
     counts = []

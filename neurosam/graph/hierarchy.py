@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from neurosam.graph.merging import Graph, merge
+from neurosam.graph.merging import Graph, below, merge
 from neurosam.graph.scoring import Program
 
 #: Faces in the order -z, +z, -y, +y, -x, +x: face ``2 * axis + side``.
@@ -199,8 +199,8 @@ def segment_table(block: SuperBlock, thresholds: list[float], parent: tuple[np.n
     segment_index = np.searchsorted(block.frozen, block.segment)
     in_frozen = (segment_index < len(block.frozen)) & (block.frozen[np.minimum(segment_index, max(len(block.frozen) - 1, 0))] == block.segment) if len(block.frozen) else np.zeros(len(nodes), dtype=bool)
     for row, threshold in enumerate(thresholds):
-        below = block.scores < threshold
-        graph = coo_matrix((np.ones(below.sum()), (kept[below], merged[below])), shape=(len(nodes), len(nodes)))
+        made = below(block.scores, threshold)
+        graph = coo_matrix((np.ones(made.sum()), (kept[made], merged[made])), shape=(len(nodes), len(nodes)))
         _, component = connected_components(graph, directed=False)
         smallest = np.full(component.max(initial=-1) + 1, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(smallest, component, np.arange(len(nodes)))
@@ -209,7 +209,7 @@ def segment_table(block: SuperBlock, thresholds: list[float], parent: tuple[np.n
             continue
         ids, parent_table = parent
         complete = in_frozen.copy()
-        complete[in_frozen] = block.complete_at[segment_index[in_frozen]] < threshold
+        complete[in_frozen] = below(block.complete_at[segment_index[in_frozen]], threshold)
         where = np.minimum(np.searchsorted(ids, block.segment), max(len(ids) - 1, 0))
         complete &= ids[where] == block.segment if len(ids) else False
         table[row, complete] = parent_table[row, where[complete]]

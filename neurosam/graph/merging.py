@@ -57,6 +57,13 @@ class Graph:
     maxima_offsets: np.ndarray | None = None
 
 
+def below(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Which scores lie below ``threshold`` as waterz compares them, both in float32 (its
+    ScoreValue): a score of 1 - 51/255 is not below 0.8 there. Rounding keeps the order, so the
+    merges below a threshold are still the first ones."""
+    return np.asarray(scores).astype(np.float32) < np.float32(threshold)
+
+
 @dataclass
 class Merged:
     """What the loop leaves: merges in order (the smallest node of either region, and the score);
@@ -374,7 +381,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     forced_merged = False
     while size > 0:
         s, e = heap_score[0], heap_edge[0]
-        if s >= threshold:
+        if np.float32(s) >= np.float32(threshold):  # as ``below`` compares
             break
         size = _pop(heap_score, heap_edge, size)
         if not alive[e] or deferred[e] or s != score[e]:
