@@ -87,10 +87,9 @@ def cell_affinities(rng: np.random.Generator) -> np.ndarray:
     return affinities
 
 
-@pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    """The cells' affinities, and a work dir whose fragments and contacts are done (SQLite RAG)."""
-    directory = tmp_path_factory.mktemp("cells")
+def prepared(directory, block_voxels) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Inputs and a config base in ``directory``, with the fragments and contacts done (SQLite
+    RAG): the config base, the float affinities and the fragments."""
     affinities = cell_affinities(np.random.default_rng(0))
     roi = Roi((0, 0, 0), Coordinate(affinities.shape[1:]) * VOXEL_SIZE)
     store_affinities(str(directory / "inputs.zarr/affinities"), affinities / 255.0, roi, VOXEL_SIZE, NEAREST_OFFSETS)
@@ -101,20 +100,44 @@ def cells(tmp_path_factory):
             "fragments": str(directory / "out.zarr/fragments"),
             "segmentation": str(directory / "out.zarr/segmentation"),
         },
-        "blocks": {"block_size": list(VOXEL_SIZE * CELL)},
+        "blocks": {"block_size": list(VOXEL_SIZE * Coordinate(block_voxels))},
         "workers": {"count": 2},
         "rag": {"url": f"sqlite:///{directory / 'rag.db'}"},
     }
-    first = write(directory, base, "hist_quant_50", HIST_QUANT_50)
-    run_pipeline(first, until="contacts", echo_progress=False)
-    config = load_config(first)
-    fragments = open_array(config.datasets.fragments)
-    fragments = fragments[fragments.roi]
-    cell_index = np.ravel_multi_index(np.indices(fragments.shape) // CELL, CELLS)
-    assert len(np.unique(fragments)) == np.prod(CELLS) and same_partition(fragments, cell_index), "a cell is not one fragment"
-    with open_rag(config.rag.url) as rag:
-        assert len(read_edges(rag)["u"]) == sum(int(np.prod(CELLS)) // c * (c - 1) for c in CELLS)
-    return directory, base, to_float(affinities), fragments
+    run_pipeline(write(directory, base, "hist_quant_50", HIST_QUANT_50), until="contacts", echo_progress=False)
+    fragments = open_array(base["datasets"]["fragments"])
+    return base, to_float(affinities), fragments[fragments.roi]
+
+
+def cell_labels(shape) -> np.ndarray:
+    return (np.ravel_multi_index(np.indices(shape) // CELL, CELLS) + 1).astype(np.uint64)
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    """A block per cell: each cell is one fragment, and the watershed cuts no basin."""
+    directory = tmp_path_factory.mktemp("cells")
+    base, affinities, fragments = prepared(directory, (CELL,) * 3)
+    assert len(np.unique(fragments)) == np.prod(CELLS) and same_partition(fragments, cell_labels(fragments.shape)), "a cell is not one fragment"
+    with open_rag(base["rag"]["url"]) as rag:
+        edges = read_edges(rag)
+    assert len(edges["u"]) == sum(int(np.prod(CELLS)) // c * (c - 1) for c in CELLS) and not edges["claimed_area"].any()
+    return directory, base, affinities, fragments
+
+
+@pytest.fixture(scope="module")
+def cut_cells(tmp_path_factory):
+    """Blocks of half a cell along x: each cell is two fragments, one basin that a block face
+    cut, which the claims mark; waterz is given the cells, as one volume's watershed makes them."""
+    directory = tmp_path_factory.mktemp("cut_cells")
+    base, affinities, fragments = prepared(directory, (CELL, CELL, CELL // 2))
+    cells = cell_labels(fragments.shape)
+    assert len(np.unique(fragments)) == 2 * np.prod(CELLS) and same_partition(fragments, cells * 2 + np.indices(fragments.shape)[2] // (CELL // 2) % 2)
+    with open_rag(base["rag"]["url"]) as rag:
+        edges = read_edges(rag)
+    forced = (edges["claimed_area"] > 0) & (2 * edges["claimed_area"] >= edges["contact_area"])
+    assert forced.sum() == np.prod(CELLS)
+    return directory, base, affinities, cells
 
 
 def write(directory, base: dict, name: str, function: str):
@@ -130,15 +153,13 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
 
 
-@pytest.mark.parametrize("name", list(EXACT))
-def test_global_agglomeration_reproduces_waterz(cells, name):
+def assert_reproduces_waterz(prepared_dir, name: str) -> dict:
     """At every threshold the run's segmentation is waterz's, identically, and the thresholds
-    range from every cell apart to merges across super-blocks of every level."""
-    directory, base, affinities, fragments = cells
+    range from every cell apart to merges across super-blocks of every level; the summary."""
+    directory, base, affinities, fragments = prepared_dir
     path = write(directory, base, name, EXACT[name])
     summary = run_pipeline(path, echo_progress=False)
     assert all(counts["skipped_as_done"] == counts["blocks"] for task, counts in summary["tasks"].items() if task.startswith(("fragments", "contacts")))
-    assert [counts["blocks"] for task, counts in summary["tasks"].items() if "-up" in task] == [6, 2, 1]
     config = load_config(path)
     theirs = waterz.agglomerate(affinities, THRESHOLDS, fragments=fragments.copy(), scoring_function=EXACT[name])
     counts = []
@@ -147,6 +168,24 @@ def test_global_agglomeration_reproduces_waterz(cells, name):
         assert same_partition(ours, expected), f"{name} at {threshold}: {len(np.unique(ours))} segments, waterz {len(np.unique(expected))}"
         counts.append(len(np.unique(ours)))
     assert len(set(counts)) >= 3 and min(counts) < np.prod(CELLS) / 4, counts
+    return summary
+
+
+def super_blocks(summary: dict) -> list[int]:
+    """Super-blocks per level, upwards."""
+    return [counts["blocks"] for task, counts in summary["tasks"].items() if "-up" in task]
+
+
+@pytest.mark.parametrize("name", list(EXACT))
+def test_global_agglomeration_reproduces_waterz(cells, name):
+    assert super_blocks(assert_reproduces_waterz(cells, name)) == [6, 2, 1]
+
+
+@pytest.mark.parametrize("name", ["hist_quant_50", "mean", "min", "max_inverted"])
+def test_basins_cut_by_block_faces_are_rejoined_as_one_volume_has_them(cut_cells, name):
+    """The pieces join before any merge, and their pairs with a fragment beyond fold into one:
+    waterz's segmentation of the uncut cells, identically."""
+    assert super_blocks(assert_reproduces_waterz(cut_cells, name)) == [12, 3, 2, 1]
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
