@@ -2,7 +2,9 @@
 lazily deleted entries and union-find, in a few flat arrays.
 
 Pop the lowest-scored edge; merge its regions (the one with the shorter adjacency list into the
-other), folding parallel edges into one and scoring the folded edge again. An edge's statistics
+other), folding parallel edges into one. A folded edge is scored again only when it comes up
+(until then the lower score of its parts stands for it, as a folded edge never scores below
+both), so an edge folded many times is scored once. An edge's statistics
 are its contact's maximum, minimum, sum of affinities and area, and for quantile scores the
 multiset of its fragment pairs' maxima (waterz's ``InitWithMax``), kept as linked lists so that
 folding two edges is a splice. A forced edge (the pieces of one watershed basin cut by block
@@ -91,43 +93,63 @@ def _discretize(value, bins):
 
 
 @numba.njit(cache=True, nogil=True)
-def _quantile(e, q, bins, head, length, next_element, value, dense, rows, counts, scratch):
+def _select(values, n, k):
+    """The k-th smallest of ``values[:n]`` (from 0), which it reorders (Hoare's selection): no
+    sort, no allocation, for the short lists most quantiles are taken of."""
+    low, high = 0, n - 1
+    while low < high:
+        pivot = values[(low + high) >> 1]
+        i, j = low, high
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while values[j] > pivot:
+                j -= 1
+            if i <= j:
+                values[i], values[j] = values[j], values[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            high = j
+        elif k >= i:
+            low = i
+        else:
+            break
+    return values[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _quantile(e, q, bins, head, length, next_element, value, dense, rows, scratch):
     """The q-th percentile of edge e's pair maxima, as waterz takes it (rank q * n // 100 of the
-    sorted maxima; with ``bins``, of their histogram, kept whole in ``rows`` for long lists)."""
+    sorted maxima; with ``bins``, of their histogram, kept whole in ``rows`` for long lists).
+    A histogram's bins keep the maxima's order, so the rank's bin is that of the rank's maximum."""
     n = length[e]
     rank = q * n // 100
     if bins > 0:
         if rank >= n:
             return (bins + 0.5) / bins
-        if n == 1:
-            return (_discretize(value[head[e]], bins) + 0.5) / bins
         if dense[e] >= 0:
             row, seen = dense[e], 0
             for level in range(bins):
                 seen += rows[row, level]
                 if seen > rank:
                     return (level + 0.5) / bins
-        element = head[e]
+    if n == 1:
+        chosen = value[head[e]]
+    else:
+        element, i = head[e], 0
         while element >= 0:
-            counts[_discretize(value[element], bins)] += 1
+            scratch[i] = value[element]
             element = next_element[element]
-        seen, level = 0, 0
-        for level in range(bins):
-            seen += counts[level]
-            if seen > rank:
-                break
-        counts[:] = 0
-        return (level + 0.5) / bins
-    element, i = head[e], 0
-    while element >= 0:
-        scratch[i] = value[element]
-        element = next_element[element]
-        i += 1
-    return np.sort(scratch[:n])[min(rank, n - 1)]
+            i += 1
+        chosen = _select(scratch, n, min(rank, n - 1))
+    if bins > 0:
+        return (_discretize(chosen, bins) + 0.5) / bins
+    return chosen
 
 
 @numba.njit(cache=True, nogil=True)
-def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch):
+def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, scratch):
     """Evaluate the scoring program (postfix) on edge e."""
     if forced[e]:
         return -np.inf
@@ -151,7 +173,7 @@ def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, le
             top += 1
         elif code == QUANTILE or code == HISTOGRAM_QUANTILE:
             bins = int(parameters[i, 1]) if code == HISTOGRAM_QUANTILE else 0
-            stack[top] = _quantile(e, int(parameters[i, 0]), bins, head, length, next_element, value, dense, rows, counts, scratch)
+            stack[top] = _quantile(e, int(parameters[i, 0]), bins, head, length, next_element, value, dense, rows, scratch)
             top += 1
         elif code == ONE_MINUS:
             stack[top - 1] = 1.0 - stack[top - 1]
@@ -193,6 +215,15 @@ def _push(heap_score, heap_edge, size, score, edge):
     heap_score[i] = score
     heap_edge[i] = edge
     return size + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _push_growing(heap_score, heap_edge, size, score, edge):
+    """Push, doubling the heap's arrays when full; returns them and the new size."""
+    if size == len(heap_score):
+        heap_score = np.concatenate((heap_score, np.empty(size)))
+        heap_edge = np.concatenate((heap_edge, np.empty(size, dtype=np.int32)))
+    return heap_score, heap_edge, _push(heap_score, heap_edge, size, score, edge)
 
 
 EMPTY, DELETED = -1, -2
@@ -326,6 +357,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     list_length = np.zeros(nodes, dtype=np.int32)
     next_half = np.full(2 * edges, -1, dtype=np.int32)
     alive = np.ones(edges, dtype=np.bool_)
+    stale = np.zeros(edges, dtype=np.bool_)
     deferred = np.zeros(edges, dtype=np.bool_)
     score = np.empty(edges)
     capacity = 16
@@ -335,7 +367,6 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     values = np.empty(capacity, dtype=np.int32)
     used = 0
     stack = np.empty(len(codes) + 1)
-    counts = np.zeros(max(bins, 1), dtype=np.int64)
     scratch = np.empty(scratch_size)
     # Histograms of long lists: an edge's list grows past DENSE_FROM only by taking up that many
     # pairs, so there are at most pairs / DENSE_FROM (pages untouched until used).
@@ -368,7 +399,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         if alive[e]:
             if bins > 0 and length[e] > DENSE_FROM:
                 used_rows = _densify(e, used_rows, head, next_element, value, dense, rows, bins)
-            score[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch)
+            score[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, scratch)
             heap_score[size], heap_edge[size] = score[e], e
             size += 1
     for i in range(size // 2 - 1, -1, -1):
@@ -386,6 +417,13 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         size = _pop(heap_score, heap_edge, size)
         if not alive[e] or deferred[e] or s != score[e]:
             continue
+        if stale[e]:
+            stale[e] = False
+            new = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, scratch)
+            if new != s:
+                score[e] = new
+                heap_score, heap_edge, size = _push_growing(heap_score, heap_edge, size, new, e)
+                continue
         if not forced_merged and not forced[e]:
             forced_merged = True
             _freeze_neighbours(ends, alive, frozen)
@@ -425,13 +463,12 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
                     if bins > 0 and dense[existing] < 0 and length[existing] > DENSE_FROM:
                         used_rows = _densify(existing, used_rows, head, next_element, value, dense, rows, bins)
                     alive[moving] = False
-                    new = _score(existing, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch)
-                    if new != score[existing]:
-                        score[existing] = new
-                        if size == len(heap_score):
-                            heap_score = np.concatenate((heap_score, np.empty(size)))
-                            heap_edge = np.concatenate((heap_edge, np.empty(size, dtype=np.int32)))
-                        size = _push(heap_score, heap_edge, size, new, existing)
+                    # Scored again only when it comes up: until then the lower score of its
+                    # parts stands for it, as a folded edge never scores below both.
+                    stale[existing] = True
+                    if score[moving] < score[existing]:
+                        score[existing] = score[moving]
+                        heap_score, heap_edge, size = _push_growing(heap_score, heap_edge, size, score[existing], existing)
                 else:
                     used += keys[slot] == EMPTY
                     keys[slot] = key
@@ -545,11 +582,10 @@ def _score_all(codes, parameters, maximum, minimum, total, area, forced, head, l
     dense = np.full(len(maximum), -1, dtype=np.int32)
     rows = np.zeros((1, 1), dtype=np.int32)
     stack = np.empty(len(codes) + 1)
-    counts = np.zeros(max(bins, 1), dtype=np.int64)
     scratch = np.empty(scratch_size)
     scores = np.empty(len(maximum))
     for e in range(len(maximum)):
-        scores[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, counts, scratch)
+        scores[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, scratch)
     return scores
 
 
