@@ -87,6 +87,8 @@ def network_inputs(directory: Path) -> dict:
     for key in ("affinities", "fragments", "segmentation"):
         config["datasets"][key] = str(work_dir / "volumes.zarr" / key)
     config["predict"]["checkpoint"] = str((base / config["predict"]["checkpoint"]).resolve())
+    # One thread per worker, whatever the machine: the same affinities everywhere (ties decide merges).
+    config["predict"]["threads_per_worker"] = 1
     config["rag"] = {"url": f"sqlite:///{work_dir / 'rag.db'}"}
     work_dir.mkdir(parents=True)
     path = work_dir / "config.yaml"
