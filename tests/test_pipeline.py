@@ -193,9 +193,11 @@ def test_pipeline_on_postgresql_equals_sqlite(gala, gala_blockwise, postgres_sch
 
 
 @pytest.mark.parametrize("section, change, kept", [
-    ("segment", {"segment": {"thresholds": [0.55, 0.75]}}, ("fragments", "contacts")),
+    # The ground truth's skeletons depend on the ground truth alone: they are kept too.
+    ("segment", {"segment": {"thresholds": [0.55, 0.75]}}, ("fragments", "contacts", "ground_truth_skeletons")),
     # The edges' statistics do not depend on the scoring function: only segment is redone.
-    ("scoring functions", {"segment": {"scoring_functions": {"hist_quant_50": HIST_QUANT_50}, **THRESHOLDS}}, ("fragments", "contacts")),
+    ("scoring functions", {"segment": {"scoring_functions": {"hist_quant_50": HIST_QUANT_50}, **THRESHOLDS}},
+     ("fragments", "contacts", "ground_truth_skeletons")),
 ])
 def test_changed_downstream_section_keeps_upstream_blocks(gala, gala_blockwise, tmp_path, section, change, kept):
     """A rerun with a changed downstream section skips the finished upstream tasks, redoes the
