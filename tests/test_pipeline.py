@@ -236,9 +236,13 @@ def test_changed_parameters_invalidate_done_markers(gala, gala_blockwise, tmp_pa
         config.work_dir, gala, **GALA_BLOCKS, segment=THRESHOLDS, fragments={"epsilon_agglomerate": 0.2}
     )
     summary = run_pipeline(changed, echo_progress=False)
-    assert set(summary["tasks"]).isdisjoint(first["tasks"])
-    for counts in summary["tasks"].values():
-        assert counts["skipped_as_done"] == 0 and counts["completed"] == counts["blocks"]
+    for task, counts in summary["tasks"].items():
+        if task.startswith("ground_truth_skeletons"):
+            # They depend on the ground truth alone: a fragments change keeps them.
+            assert task in first["tasks"] and counts["skipped_as_done"] == counts["blocks"], task
+        else:
+            assert task not in first["tasks"], task
+            assert counts["skipped_as_done"] == 0 and counts["completed"] == counts["blocks"], task
     with open_rag(config.rag.url) as rag:
         assert len(rag.read_nodes()["ids"]) == len(np.unique(rag.read_nodes()["ids"]))
         fragments = read_fragments_ids(config)
