@@ -33,6 +33,7 @@ STAGES = {
 """Encoder stages: how each runs, its config, and which of its paths come from another stage."""
 ROWS = {
     "unet": ("3D U-Net", "train_medulla_unet.yaml", {}),
+    "unet_long_range": ("3D U-Net, long-range affinities weighted x2", "train_medulla_unet_long_range.yaml", {}),
     "fgnet_student": ("FGNet, distilled student (frozen, auto-prompted)", "train_medulla_fgnet_student.yaml",
                       {"pretrained": ("distill_student", "student.pt")}),
     "fgnet_hiera": ("FGNet, EM-pretrained Hiera (frozen)", "train_medulla_fgnet_hiera.yaml",

@@ -20,7 +20,7 @@ from neurosam.model.config import ModelConfig
 from neurosam.model.inference import predict_volume
 from neurosam.training.augment import AugmentConfig
 from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range
-from neurosam.training.losses import LossConfig, affinity_loss, balanced_bce, class_balance_weights, dice_loss
+from neurosam.training.losses import LossConfig, affinity_loss, balanced_bce, channel_weights, class_balance_weights, dice_loss, head_loss
 from neurosam.training.training import (
     TRAINING_LOG,
     VALIDATION_LOG,
@@ -221,11 +221,28 @@ def test_loss_weights_each_head():
     mask = torch.ones_like(target)
     refined, coarse = torch.zeros_like(target), torch.full_like(target, 3.0)
     config = LossConfig(second_term="mse", refined_weight=1.0, coarse_weight=0.25)
-    total, parts = affinity_loss({"refined": refined, "coarse": coarse}, target, mask, config)
+    total, parts = affinity_loss({"refined": refined, "coarse": coarse}, target, mask, config, torch.ones(1))
     assert total.item() == pytest.approx(parts["refined"].item() + 0.25 * parts["coarse"].item())
     assert parts["coarse"].item() > parts["refined"].item() > 0
-    alone, parts = affinity_loss({"refined": refined}, target, mask, config)
+    alone, parts = affinity_loss({"refined": refined}, target, mask, config, torch.ones(1))
     assert set(parts) == {"refined"} and alone.item() == pytest.approx(parts["refined"].item())
+
+
+@pytest.mark.parametrize("second_term", ["dice", "mse"])
+def test_long_range_weight_weighs_the_long_range_channels(second_term):
+    """Two channels, a nearest neighbour predicted right and a long-range one predicted wrong:
+    weighting the long-range channel up raises the loss, and weights of 1 leave it unchanged."""
+    offsets = [[0, 0, -1], [0, 0, -3]]
+    target = torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 0.0, 0.0, 1.0]]).view(1, 2, 1, 1, 4)
+    logits = torch.stack([30 * (2 * target[:, 0] - 1), 30 * (1 - 2 * target[:, 1])], dim=1)
+    mask = torch.ones_like(target)
+    np.testing.assert_array_equal(channel_weights(offsets, 3.0).numpy(), [1.0, 3.0])
+    losses = {}
+    for weight in (1.0, 3.0):
+        config = LossConfig(second_term=second_term, long_range_weight=weight)
+        losses[weight] = affinity_loss({"refined": logits}, target, mask, config, channel_weights(offsets, weight))[0].item()
+    assert losses[1.0] == pytest.approx(head_loss(logits, target, mask, LossConfig(second_term=second_term)).item())
+    assert losses[3.0] > losses[1.0]
 
 
 # --- training -------------------------------------------------------------------------------
@@ -250,7 +267,7 @@ def test_overfitting_one_patch_drives_the_loss_near_zero():
     optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = one_patch_batch()
-    losses = [train_step(model, optimizer, scaler, batch, LossConfig(), CPU, amp=False)["loss"] for _ in range(100)]
+    losses = [train_step(model, optimizer, scaler, batch, LossConfig(), NEAREST_OFFSETS, CPU, amp=False)["loss"] for _ in range(100)]
     assert losses[-1] < 0.06
     assert losses[-1] < 0.05 * losses[0]
 
@@ -268,7 +285,7 @@ def test_a_training_step_leaves_frozen_sam2_parameters_unchanged(trainable):
     model = build_model(config, load_sam2_weights=False)
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
-    train_step(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), one_patch_batch((2, 32, 32)), LossConfig(), CPU, False)
+    train_step(model, optimizer, torch.amp.GradScaler("cpu", enabled=False), one_patch_batch((2, 32, 32)), LossConfig(), NEAREST_OFFSETS, CPU, False)
     after = dict(model.named_parameters())
     frozen = [name for name, parameter in after.items() if not parameter.requires_grad]
     trained = [name for name, parameter in after.items() if parameter.requires_grad]

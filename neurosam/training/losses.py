@@ -28,6 +28,15 @@ class LossConfig(BaseModel):
     """The general student's prediction (FGNet with ``auto_prompt``): a prompt that is itself
     an affinity map."""
     min_class_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    long_range_weight: float = Field(1.0, gt=0.0)
+    """The weight of every affinity channel beyond the nearest neighbours, against 1 for those:
+    weighted up, long-range affinities teach the network context across a boundary's gaps
+    (an auxiliary target the field found to help)."""
+
+
+def channel_weights(offsets: list[list[int]], long_range_weight: float) -> torch.Tensor:
+    """Per affinity channel: 1 for a nearest-neighbour offset, ``long_range_weight`` beyond."""
+    return torch.tensor([1.0 if sum(abs(step) for step in offset) == 1 else long_range_weight for offset in offsets])
 
 
 def class_balance_weights(target: torch.Tensor, mask: torch.Tensor, min_class_fraction: float = 0.05) -> torch.Tensor:
@@ -80,9 +89,12 @@ def head_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, co
 
 
 def affinity_loss(
-    outputs: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, config: LossConfig
+    outputs: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, config: LossConfig, weights: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted sum over the heads the model has, and each head's loss (detached) for the logs."""
+    """The weighted sum over the heads the model has, and each head's loss (detached) for the logs.
+    ``weights`` (one per channel, ``channel_weights``) scale the mask, so both terms weigh a
+    channel's voxels by its weight, and weights of 1 leave the loss as it was."""
+    mask = mask * weights.to(mask.device).view(1, -1, *([1] * (mask.dim() - 2)))
     head_weights = {"refined": config.refined_weight, "coarse": config.coarse_weight, "prompt": config.prompt_weight}
     total = torch.zeros((), device=target.device)
     parts = {}

@@ -32,7 +32,7 @@ from neurosam.model.inference import predict_volume
 from neurosam.quiet import quiet_stdout
 from neurosam.training.augment import AugmentConfig
 from neurosam.training.data import DataConfig, PatchSampler, TrainingBatches, load_range
-from neurosam.training.losses import HEADS, LossConfig, affinity_loss
+from neurosam.training.losses import HEADS, LossConfig, affinity_loss, channel_weights
 from neurosam.training.pretraining import load_pretrained
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ def train_step(
     scaler: torch.amp.GradScaler,
     batch: dict[str, torch.Tensor],
     loss_config: LossConfig,
+    offsets: list[list[int]],
     device: torch.device,
     amp: bool,
 ) -> dict[str, float]:
@@ -175,7 +176,7 @@ def train_step(
     raw, target, mask = (batch[key].to(device, non_blocking=True) for key in ("raw", "affinities", "mask"))
     with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
         outputs = model(raw)
-    loss, parts = affinity_loss(outputs, target, mask, loss_config)
+    loss, parts = affinity_loss(outputs, target, mask, loss_config, channel_weights(offsets, loss_config.long_range_weight))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -339,7 +340,7 @@ def train(config: TrainConfig) -> dict:
     for step, batch in zip(range(start_step + 1, config.iterations + 1), batches):
         for group, scale in zip(optimizer.param_groups, lr_scales):
             group["lr"] = learning_rate(config, step) * scale
-        losses = train_step(model, optimizer, scaler, batch, config.loss, device, amp)
+        losses = train_step(model, optimizer, scaler, batch, config.loss, config.model.offsets, device, amp)
         training_log.append({"step": step, **losses, "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.monotonic() - started, 3)})
         if step % config.validation.every == 0 or step == config.iterations:
             affinities = predict_volume(
