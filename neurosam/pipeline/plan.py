@@ -34,6 +34,14 @@ def output_chunk_voxels(block_size: Coordinate, voxel_size: Coordinate) -> tuple
     return tuple(max(d for d in range(1, min(b, MAX_CHUNK_VOXELS) + 1) if b % d == 0) for b in block_size / voxel_size)
 
 
+def output_chunks(output: OutputArray, voxel_size: Coordinate) -> tuple[int, ...]:
+    """An array of layers (``OutputArray.layer_axis``) stores one layer per chunk along its axis."""
+    chunks = output_chunk_voxels(output.block_size, voxel_size)
+    if output.layer_axis is None:
+        return chunks
+    return tuple(1 if axis == output.layer_axis else c for axis, c in enumerate(chunks))
+
+
 def _input_affinities(config: RunConfig):
     """Affinities someone else predicted: the volume, voxel size and offsets come from them."""
     path = config.datasets.affinities
@@ -170,7 +178,7 @@ def prepare_outputs(plan: RunPlan) -> None:
             create_array(
                 output.path, plan.volume_roi, plan.voxel_size, output.dtype,
                 channels=output.channels[0] if output.channels else None,
-                chunk_voxels=output_chunk_voxels(output.block_size, plan.voxel_size),
+                chunk_voxels=output_chunks(output, plan.voxel_size),
                 attrs=output.attrs,
             )
 

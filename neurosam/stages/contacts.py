@@ -15,6 +15,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import numpy as np
+from funlib.geometry import Roi
 
 from neurosam.graph.agglomeration import contact_statistics
 from neurosam.graph.labels import unique_inverse
@@ -36,22 +37,33 @@ def contacts_block(setup: WorkerSetup, block) -> None:
         local += 1
         ids = np.concatenate([[0], ids])
     affinities = read_nearest_affinities(plan, block.read_roi)
-    pairs, statistics = contact_statistics(affinities, local, claimed_by_neighbour(plan, block.read_roi, fragments))
+    pairs, statistics = contact_statistics(affinities, local, claimed_by_neighbour(plan, block, fragments))
     block_id = fragments_block_id(plan, block.write_roi)
     owned = owner_block(plan, ids[pairs[:, 0]]) == block_id
     owned_statistics = {name: values[owned] for name, values in statistics.items()}
     setup.rag.write_edges(block_id, ids[pairs[owned, 0]], ids[pairs[owned, 1]], owned_statistics)
 
 
-def claimed_by_neighbour(plan, roi, fragments: np.ndarray) -> list[np.ndarray]:
+def claimed_by_neighbour(plan, block, fragments: np.ndarray) -> list[np.ndarray]:
     """Per axis d, at each voxel q: whether the block below q along d extended the basin of
-    the fragment at q - d into q, i.e. the pair (q - d, q) lies inside one watershed basin."""
+    the fragment at q - d into q, i.e. the pair (q - d, q) lies inside one watershed basin.
+    Claims lie only on the first layer of a block, so of each array just the two layers of this
+    block's faces are read."""
+    roi, voxel_size = block.read_roi, plan.voxel_size
     claimed = []
     for axis in range(3):
-        claims = plan.arrays[claims_role(axis)].read(roi, fill_value=0)
-        below = np.zeros_like(fragments)
-        below[(slice(None),) * axis + (slice(1, None),)] = fragments[(slice(None),) * axis + (slice(None, -1),)]
-        claimed.append((claims != 0) & (claims == below))
+        inside = np.zeros(fragments.shape, dtype=bool)
+        for face in (block.write_roi.begin[axis], block.write_roi.end[axis]):
+            index = (face - roi.begin[axis]) // voxel_size[axis]
+            if not 0 < index < fragments.shape[axis]:
+                continue
+            offset, shape = list(roi.offset), list(roi.shape)
+            offset[axis], shape[axis] = face, voxel_size[axis]
+            claims = plan.arrays[claims_role(axis)].read(Roi(offset, shape), fill_value=0)
+            layer = (slice(None),) * axis + (slice(index, index + 1),)
+            below = (slice(None),) * axis + (slice(index - 1, index),)
+            inside[layer] = (claims != 0) & (claims == fragments[below])
+        claimed.append(inside)
     return claimed
 
 

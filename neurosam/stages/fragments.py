@@ -58,7 +58,7 @@ def fragments_layout(plan: RunPlan) -> Layout:
 
 def fragments_outputs(plan: RunPlan) -> list[OutputArray]:
     claims = [
-        OutputArray(claims_role(axis), claims_path(plan.config, axis), np.uint64, plan.block_size, whole_blocks=False)
+        OutputArray(claims_role(axis), claims_path(plan.config, axis), np.uint64, plan.block_size, whole_blocks=False, layer_axis=axis)
         for axis in range(3)
     ]
     return [OutputArray("fragments", plan.config.datasets.fragments, np.uint64, plan.block_size), *claims]

@@ -43,6 +43,9 @@ class OutputArray:
     attrs: dict = field(default_factory=dict)
     whole_blocks: bool = True
     """Every block writes its whole write ROI here, so a done block's chunks must exist."""
+    layer_axis: int | None = None
+    """An axis along which the array holds values on single layers (a block's face) alone: its
+    chunks are one voxel thick along it, so a layer is written and read without the voxels around."""
 
 
 @dataclass(frozen=True)
