@@ -252,6 +252,27 @@ def test_hierarchy_equals_one_process_where_cut_basins_meet_a_fragment_twice(sco
         np.testing.assert_array_equal(ours[row], theirs[row], err_msg=f"threshold {threshold}")
 
 
+@pytest.mark.parametrize("scoring", [HIST_QUANT_50, QUANTILE])
+def test_hierarchy_equals_one_process_where_scores_tie(scoring):
+    """Maxima on 16 levels, so that most scores tie: equal scores merge in one order, by the
+    largest hash of an edge's fragment pairs, whatever super-block holds the edge, and the
+    partitions are identical (ordered by score alone, the super-blocks merged ties in an order of
+    their own, and the partitions differed)."""
+    rng = np.random.default_rng(3)
+    program = Program(scoring)
+    shape = (16, 16, 16)
+    u, v, maximum, minimum, total, area, forced = _grid_graph(shape, rng, forced_fraction=0.02)
+    maximum = np.ceil(maximum * 16) / 16
+    edges = u, v, maximum, np.minimum(minimum, maximum), total, area, forced
+    thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    ours, levels, _ = _hierarchy(shape, 4, edges, program, max(thresholds), thresholds)
+    theirs, merged = _one_process(shape, edges, program, max(thresholds), thresholds)
+    scores = merged.scores[~np.isinf(merged.scores)]
+    assert levels >= 3 and len(merged.kept) > 1000 and len(np.unique(scores)) < len(scores) / 50
+    for row, threshold in enumerate(thresholds):
+        np.testing.assert_array_equal(ours[row], theirs[row], err_msg=f"threshold {threshold}")
+
+
 def test_inexact_scoring_functions_are_named():
     for exact in (HIST_QUANT_50, HIST_QUANT_75, MEAN, QUANTILE, "OneMinus<MaxAffinity<RegionGraphType, ScoreValue>>",
                   "Multiply<Constant<RegionGraphType, 2>, MinAffinity<RegionGraphType, ScoreValue>>"):

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from neurosam.graph.merging import Graph, below, merge
+from neurosam.graph.merging import Graph, below, merge, pair_keys
 from neurosam.graph.scoring import Program
 
 #: Faces in the order -z, +z, -y, +y, -x, +x: face ``2 * axis + side``.
@@ -34,8 +34,9 @@ FACES = 6
 
 @dataclass
 class Edges:
-    """Edges by node id (uint64) with their contact statistics; ``maxima`` (CSR by
-    ``maxima_offsets``) where the scoring function takes quantiles, else empty."""
+    """Edges by node id (uint64) with their contact statistics and tie-break keys (the largest
+    ``pair_keys`` of their fragment pairs); ``maxima`` (CSR by ``maxima_offsets``) where the
+    scoring function takes quantiles, else empty."""
 
     u: np.ndarray
     v: np.ndarray
@@ -44,6 +45,7 @@ class Edges:
     total: np.ndarray
     area: np.ndarray
     forced: np.ndarray
+    key: np.ndarray
     maxima: np.ndarray
     maxima_offsets: np.ndarray
 
@@ -54,7 +56,7 @@ class Edges:
         return cls(
             np.asarray(u, dtype=np.uint64), np.asarray(v, dtype=np.uint64), np.asarray(maximum, dtype=np.float64),
             np.asarray(minimum, dtype=np.float64), np.asarray(total, dtype=np.float64), np.asarray(area, dtype=np.float64),
-            np.asarray(forced, dtype=bool),
+            np.asarray(forced, dtype=bool), pair_keys(np.asarray(u, dtype=np.uint64), np.asarray(v, dtype=np.uint64)),
             np.asarray(maximum, dtype=np.float32) if with_maxima else np.zeros(0, dtype=np.float32),
             np.arange(count + 1, dtype=np.int64) if with_maxima else np.zeros(count + 1, dtype=np.int64),
         )
@@ -69,7 +71,7 @@ class Edges:
         elements = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
         return Edges(
             self.u[index], self.v[index], self.maximum[index], self.minimum[index], self.total[index], self.area[index],
-            self.forced[index], self.maxima[elements.astype(np.int64)], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            self.forced[index], self.key[index], self.maxima[elements.astype(np.int64)], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         )
 
     def with_ends(self, u: np.ndarray, v: np.ndarray) -> Edges:
@@ -138,7 +140,7 @@ def agglomerate_super_block(
     graph = Graph(
         len(nodes), np.searchsorted(nodes, edges.u), np.searchsorted(nodes, edges.v), edges.maximum, edges.minimum,
         edges.total, edges.area, edges.forced,
-        edges.maxima if program.uses_maxima else None, edges.maxima_offsets if program.uses_maxima else None,
+        edges.maxima if program.uses_maxima else None, edges.maxima_offsets if program.uses_maxima else None, edges.key,
     )
     result = merge(graph, program, threshold, frozen)
     name = nodes[result.smallest]
@@ -147,7 +149,7 @@ def agglomerate_super_block(
     deferred = result.deferred
     deferred_edges = Edges(
         name[deferred.u], name[deferred.v], deferred.maximum, deferred.minimum, deferred.total, deferred.area,
-        deferred.forced,
+        deferred.forced, deferred.key,
         deferred.maxima if program.uses_maxima else np.zeros(0, dtype=np.float32),
         deferred.maxima_offsets if program.uses_maxima else np.zeros(len(deferred.u) + 1, dtype=np.int64),
     )

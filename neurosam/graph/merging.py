@@ -23,6 +23,11 @@ joins them, as it did here before any merging. For the scoring functions that
 ``neurosam.graph.scoring`` accepts as exact, a folded edge scores at least the lower of its
 parts, so scores pop in increasing order and every merge made here is made, at the same score,
 by one process over the whole graph.
+
+Ties of equal score are broken by a key of the edge that does not depend on the graph's
+partition into super-blocks: the largest hash of the fragment pairs it holds (``pair_keys``), which
+folding keeps as the larger of its parts'. An edge's order (score, key) then never falls by
+folding either, so one process and every super-block merge equal scores in one shared order.
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 class Graph:
     """Edges between nodes 0..n-1 with their statistics. ``maxima`` and ``maxima_offsets`` (CSR,
     len(u) + 1) hold each edge's multiset of pair maxima, where the scoring function takes a
-    quantile; an edge without a multiset stands for one pair, its maximum."""
+    quantile; an edge without a multiset stands for one pair, its maximum. ``key`` breaks ties
+    (the largest ``pair_keys`` of its fragment pairs; without it, those of its ends: the nodes
+    are the fragments)."""
 
     nodes: int
     u: np.ndarray
@@ -57,6 +64,21 @@ class Graph:
     forced: np.ndarray
     maxima: np.ndarray | None = None
     maxima_offsets: np.ndarray | None = None
+    key: np.ndarray | None = None
+
+
+def pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The tie-break key of fragment pairs (splitmix64 of both ids, in either order): a hash,
+    so that equal scores merge in no spatial order."""
+    low, high = np.minimum(u, v).astype(np.uint64), np.maximum(u, v).astype(np.uint64)
+    return _mix(_mix(low) ^ high)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def below(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -202,28 +224,27 @@ def _score(e, codes, parameters, maximum, minimum, total, area, forced, head, le
 
 
 @numba.njit(cache=True, nogil=True)
-def _push(heap_score, heap_edge, size, score, edge):
+def _before(score, key, other_score, other_key):
+    """Whether (score, key) comes first in the merge order."""
+    return score < other_score or (score == other_score and key < other_key)
+
+
+@numba.njit(cache=True, nogil=True)
+def _push(heap_score, heap_key, heap_edge, size, score, key, edge):
     """Push onto the binary heap held in the arrays (grown by the caller); returns the new size."""
     i = size
     while i > 0:
         parent = (i - 1) >> 1
-        if heap_score[parent] <= score:
+        if not _before(score, key, heap_score[parent], heap_key[parent]):
             break
         heap_score[i] = heap_score[parent]
+        heap_key[i] = heap_key[parent]
         heap_edge[i] = heap_edge[parent]
         i = parent
     heap_score[i] = score
+    heap_key[i] = key
     heap_edge[i] = edge
     return size + 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _push_growing(heap_score, heap_edge, size, score, edge):
-    """Push, doubling the heap's arrays when full; returns them and the new size."""
-    if size == len(heap_score):
-        heap_score = np.concatenate((heap_score, np.empty(size)))
-        heap_edge = np.concatenate((heap_edge, np.empty(size, dtype=np.int32)))
-    return heap_score, heap_edge, _push(heap_score, heap_edge, size, score, edge)
 
 
 EMPTY, DELETED = -1, -2
@@ -258,37 +279,69 @@ def _rebuild(keys, values):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sift_down(heap_score, heap_edge, size, i):
-    score, edge = heap_score[i], heap_edge[i]
+def _sift_down(heap_score, heap_key, heap_edge, size, i):
+    score, key, edge = heap_score[i], heap_key[i], heap_edge[i]
     while True:
         child = 2 * i + 1
         if child >= size:
             break
-        if child + 1 < size and heap_score[child + 1] < heap_score[child]:
+        if child + 1 < size and _before(heap_score[child + 1], heap_key[child + 1], heap_score[child], heap_key[child]):
             child += 1
-        if heap_score[child] >= score:
+        if not _before(heap_score[child], heap_key[child], score, key):
             break
         heap_score[i] = heap_score[child]
+        heap_key[i] = heap_key[child]
         heap_edge[i] = heap_edge[child]
         i = child
     heap_score[i] = score
+    heap_key[i] = key
     heap_edge[i] = edge
 
 
 @numba.njit(cache=True, nogil=True)
-def _pop(heap_score, heap_edge, size):
+def _pop(heap_score, heap_key, heap_edge, size):
     """Remove the top (read it before); returns the new size."""
     size -= 1
     if size > 0:
-        heap_score[0], heap_edge[0] = heap_score[size], heap_edge[size]
-        _sift_down(heap_score, heap_edge, size, 0)
+        heap_score[0], heap_key[0], heap_edge[0] = heap_score[size], heap_key[size], heap_edge[size]
+        _sift_down(heap_score, heap_key, heap_edge, size, 0)
     return size
 
 
 @numba.njit(cache=True, nogil=True)
-def _fold(into, e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, collapse, dense, rows, bins):
+def _current(s, k, e, score, key, alive, stale, deferred):
+    """Whether a heap entry still stands for its edge: the edge's order, or while the edge is
+    stale (folded since it was scored) a lower bound of it: its score then is the lowest of
+    the folded parts', and its key, a key the edge had, is no larger than the edge's."""
+    return alive[e] and not deferred[e] and s == score[e] and (stale[e] or k == key[e])
+
+
+@numba.njit(cache=True, nogil=True)
+def _push_compacting(heap_score, heap_key, heap_edge, size, s, k, e, score, key, alive, stale, deferred):
+    """Push; when the heap is full, first drop the entries that no longer stand for their edge
+    (in place), and double the arrays only if that leaves it over 3/4 full. Returns the arrays
+    and the new size."""
+    if size == len(heap_score):
+        kept = 0
+        for i in range(size):
+            if _current(heap_score[i], heap_key[i], heap_edge[i], score, key, alive, stale, deferred):
+                heap_score[kept], heap_key[kept], heap_edge[kept] = heap_score[i], heap_key[i], heap_edge[i]
+                kept += 1
+        size = kept
+        for i in range(size // 2 - 1, -1, -1):
+            _sift_down(heap_score, heap_key, heap_edge, size, i)
+        if 4 * size > 3 * len(heap_score):
+            heap_score = np.concatenate((heap_score, np.empty(len(heap_score))))
+            heap_key = np.concatenate((heap_key, np.empty(len(heap_key), dtype=np.uint64)))
+            heap_edge = np.concatenate((heap_edge, np.empty(len(heap_edge), dtype=np.int32)))
+    return heap_score, heap_key, heap_edge, _push(heap_score, heap_key, heap_edge, size, s, k, e)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold(into, e, maximum, minimum, total, area, forced, key, head, tail, length, next_element, value, collapse, dense, rows, bins):
     """Fold edge e into edge ``into``. ``collapse``: the pieces of one basin are joining, so two
     pairs with one fragment on the other side are one pair, of the larger maximum."""
+    key[into] = max(key[into], key[e])
     maximum[into] = max(maximum[into], maximum[e])
     minimum[into] = min(minimum[into], minimum[e])
     total[into] += total[e]
@@ -343,7 +396,7 @@ def _freeze_neighbours(ends, alive, frozen):
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, length, next_element, value, dense,
+def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, key, head, tail, length, next_element, value, dense,
                 frozen, codes, parameters, threshold, scratch_size, bins):
     """The loop itself; ``ends`` (E, 2) are updated to roots as regions merge. Returns the merges
     (the smallest node of each region, and the score), each node's parent (roots point at
@@ -377,7 +430,7 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
         a, b = ends[e, 0], ends[e, 1]
         slot = _slot(keys, np.int64(min(a, b)) * nodes + max(a, b))
         if keys[slot] >= 0:
-            _fold(values[slot], e, maximum, minimum, total, area, forced, head, tail, length, next_element, value, True, dense, rows, bins)
+            _fold(values[slot], e, maximum, minimum, total, area, forced, key, head, tail, length, next_element, value, True, dense, rows, bins)
             alive[e] = False
             continue
         keys[slot] = np.int64(min(a, b)) * nodes + max(a, b)
@@ -392,18 +445,20 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
             list_tail[node] = half
             list_length[node] += 1
 
-    heap_score = np.empty(edges + 16)
-    heap_edge = np.empty(edges + 16, dtype=np.int32)
+    # Room for the entries folds push before merges have left enough stale ones to drop.
+    heap_score = np.empty(edges + edges // 4 + 16)
+    heap_key = np.empty(len(heap_score), dtype=np.uint64)
+    heap_edge = np.empty(len(heap_score), dtype=np.int32)
     size = 0
     for e in range(edges):
         if alive[e]:
             if bins > 0 and length[e] > DENSE_FROM:
                 used_rows = _densify(e, used_rows, head, next_element, value, dense, rows, bins)
             score[e] = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, scratch)
-            heap_score[size], heap_edge[size] = score[e], e
+            heap_score[size], heap_key[size], heap_edge[size] = score[e], key[e], e
             size += 1
     for i in range(size // 2 - 1, -1, -1):
-        _sift_down(heap_score, heap_edge, size, i)
+        _sift_down(heap_score, heap_key, heap_edge, size, i)
 
     kept_out = np.empty(16, dtype=np.int64)
     merged_out = np.empty(16, dtype=np.int64)
@@ -411,18 +466,22 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
     merges = 0
     forced_merged = False
     while size > 0:
-        s, e = heap_score[0], heap_edge[0]
+        s, k, e = heap_score[0], heap_key[0], heap_edge[0]
         if np.float32(s) >= np.float32(threshold):  # as ``below`` compares
             break
-        size = _pop(heap_score, heap_edge, size)
-        if not alive[e] or deferred[e] or s != score[e]:
+        size = _pop(heap_score, heap_key, heap_edge, size)
+        if not _current(s, k, e, score, key, alive, stale, deferred):
             continue
         if stale[e]:
+            # The entry was a lower bound (the lowest score of its parts, a key no larger than
+            # its own): the edge goes now if its own order still comes first, else back in line.
             stale[e] = False
             new = _score(e, codes, parameters, maximum, minimum, total, area, forced, head, length, next_element, value, dense, rows, stack, scratch)
-            if new != s:
-                score[e] = new
-                heap_score, heap_edge, size = _push_growing(heap_score, heap_edge, size, new, e)
+            score[e] = new
+            if new != s or (k != key[e] and size > 0 and _before(heap_score[0], heap_key[0], new, key[e])):
+                heap_score, heap_key, heap_edge, size = _push_compacting(
+                    heap_score, heap_key, heap_edge, size, new, key[e], e, score, key, alive, stale, deferred,
+                )
                 continue
         if not forced_merged and not forced[e]:
             forced_merged = True
@@ -454,24 +513,27 @@ def _merge_loop(nodes, ends, maximum, minimum, total, area, forced, head, tail, 
                 side = half & 1
                 other = ends[moving, 1 - side]
                 keys[_slot(keys, np.int64(min(small, other)) * nodes + max(small, other))] = DELETED
-                key = np.int64(min(big, other)) * nodes + max(big, other)
+                pair = np.int64(min(big, other)) * nodes + max(big, other)
                 ends[moving, side] = big
-                slot = _slot(keys, key)
-                if keys[slot] == key:
+                slot = _slot(keys, pair)
+                if keys[slot] == pair:
                     existing = values[slot]
-                    _fold(existing, moving, maximum, minimum, total, area, forced, head, tail, length, next_element, value, forced[e], dense, rows, bins)
+                    _fold(existing, moving, maximum, minimum, total, area, forced, key, head, tail, length, next_element, value, forced[e], dense, rows, bins)
                     if bins > 0 and dense[existing] < 0 and length[existing] > DENSE_FROM:
                         used_rows = _densify(existing, used_rows, head, next_element, value, dense, rows, bins)
                     alive[moving] = False
                     # Scored again only when it comes up: until then the lower score of its
-                    # parts stands for it, as a folded edge never scores below both.
+                    # parts stands for it, as a folded edge never scores below both, with a
+                    # key no larger than its own (which only grows).
                     stale[existing] = True
                     if score[moving] < score[existing]:
                         score[existing] = score[moving]
-                        heap_score, heap_edge, size = _push_growing(heap_score, heap_edge, size, score[existing], existing)
+                        heap_score, heap_key, heap_edge, size = _push_compacting(
+                            heap_score, heap_key, heap_edge, size, score[existing], key[existing], existing, score, key, alive, stale, deferred,
+                        )
                 else:
                     used += keys[slot] == EMPTY
-                    keys[slot] = key
+                    keys[slot] = pair
                     values[slot] = moving
             half = next_half[half]
         if list_length[small] > 0:
@@ -547,13 +609,14 @@ def _chained(lengths: np.ndarray, count: int) -> np.ndarray:
 
 
 def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray | None = None) -> Merged:
-    """Merge ``graph`` in increasing score order until the lowest score left reaches
+    """Merge ``graph`` in increasing (score, key) order until the lowest score left reaches
     ``threshold``; regions marked ``frozen`` never merge (see the module's docstring)."""
     ends = np.stack([graph.u, graph.v], axis=1).astype(np.int32)
     # Maxima and minima are affinities, exact in float32; sums and areas grow.
     maximum, minimum = graph.maximum.astype(np.float32), graph.minimum.astype(np.float32)
     total, area = graph.total.astype(np.float64), graph.area.astype(np.float64)
     forced = graph.forced.astype(np.bool_)
+    key = pair_keys(graph.u, graph.v) if graph.key is None else graph.key.astype(np.uint64)
     value, lengths = _maxima(graph, program)
     head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1).astype(np.int32)
     tail = np.where(lengths > 0, head + lengths - 1, -1).astype(np.int32)
@@ -561,7 +624,7 @@ def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray |
     frozen = np.zeros(graph.nodes, dtype=np.bool_) if frozen is None else frozen.astype(np.bool_).copy()
     dense = np.full(len(ends), -1, dtype=np.int32)
     kept, merged, scores, parent, smallest, complete_at, alive, rows = _merge_loop(
-        graph.nodes, ends, maximum, minimum, total, area, forced, head, tail, lengths, next_element, value, dense,
+        graph.nodes, ends, maximum, minimum, total, area, forced, key, head, tail, lengths, next_element, value, dense,
         frozen, program.codes, program.parameters, float(threshold), max(len(value), 1), program.bins,
     )
     root = _roots(parent)
@@ -572,7 +635,7 @@ def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray |
         maxima, offsets = _gather_maxima(kept_edges, head, next_element, value, lengths, dense, rows, program.bins)
     deferred = Graph(
         graph.nodes, ends[kept_edges, 0], ends[kept_edges, 1], maximum[kept_edges], minimum[kept_edges],
-        total[kept_edges], area[kept_edges], forced[kept_edges], maxima, offsets,
+        total[kept_edges], area[kept_edges], forced[kept_edges], maxima, offsets, key[kept_edges],
     )
     return Merged(kept, merged, scores, root, smallest, frozen, complete_at, deferred)
 
