@@ -54,7 +54,10 @@ def test_rejoined_graph_equals_the_one_volume_graph():
     # Every node frozen and a threshold below every score: only the forced edges merge, and
     # every edge left is deferred, as it stands.
     joined = merge(
-        Graph(len(ids), u, v, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, forced),
+        Graph(
+            len(ids), u, v, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, forced,
+            key=statistics["contact_last"],
+        ),
         Program(HIST_QUANT_50), 0.0, frozen=np.ones(len(ids), dtype=bool),
     )
     basin = joined.root
@@ -75,7 +78,11 @@ def test_rejoined_graph_equals_the_one_volume_graph():
     one_order = np.lexsort((one_v, one_u))
     np.testing.assert_array_equal(low[order], one_u[one_order])
     np.testing.assert_array_equal(high[order], one_v[one_order])
-    for ours, name in ((edges.maximum, "affinity_max"), (edges.minimum, "affinity_min"), (edges.total, "affinity_sum"), (edges.area, "contact_area")):
+    statistics = (
+        (edges.maximum, "affinity_max"), (edges.minimum, "affinity_min"), (edges.total, "affinity_sum"), (edges.area, "contact_area"),
+        (edges.key, "contact_last"),
+    )
+    for ours, name in statistics:
         np.testing.assert_array_equal(ours[order], one_statistics[name][one_order], err_msg=name)
     assert (np.diff(edges.maxima_offsets) == 1).all()
     np.testing.assert_array_equal(edges.maxima[order], one_statistics["affinity_max"][one_order])

@@ -117,8 +117,8 @@ def test_waterz_merge_history_on_uint8_affinities_differs_only_between_equal_sco
 def _grid_graph(shape, rng, forced_fraction=0.02, steps=((1, 0, 0), (0, 1, 0), (0, 0, 1))):
     """Fragments on a grid of cells (id = 1 + the cell's index) touching their neighbours one of
     ``steps`` away (a step of at most one cell along each axis, so that a contact across a face
-    joins two cells on it), each contact with random statistics (no two alike), a few of them
-    forced."""
+    joins two cells on it), each contact with random statistics (no two alike) and a distinct
+    random tie-break key (as ``contact_last``), a few of them forced."""
     index = np.arange(np.prod(shape)).reshape(shape)
     u, v = [], []
     for step in steps:
@@ -133,13 +133,14 @@ def _grid_graph(shape, rng, forced_fraction=0.02, steps=((1, 0, 0), (0, 1, 0), (
     minimum = maximum * rng.random(count)
     total = area * (minimum + (maximum - minimum) * rng.random(count))
     forced = rng.random(count) < forced_fraction
-    return u.astype(np.uint64), v.astype(np.uint64), maximum, minimum, total, area, forced
+    key = rng.permutation(count).astype(np.uint64)
+    return u.astype(np.uint64), v.astype(np.uint64), maximum, minimum, total, area, forced, key
 
 
 def _hierarchy(shape, cells_per_block, edges, program, threshold, thresholds):
     """Super-blocks of cells_per_block^3 cells at level 0, 2^3 children each above, up to one
     super-block over the grid, then down again: every fragment's segment per threshold."""
-    u, v, maximum, minimum, total, area, forced = edges
+    u, v, maximum, minimum, total, area, forced, key = edges
     cell = lambda ids: np.stack(np.unravel_index((ids - 1).astype(np.int64), shape), axis=1)  # noqa: E731
     levels, side = [], cells_per_block
     while True:
@@ -158,7 +159,9 @@ def _hierarchy(shape, cells_per_block, edges, program, threshold, thresholds):
                 ids = (np.ravel_multi_index(np.indices(end - begin).reshape(3, -1) + begin[:, None], shape) + 1).astype(np.uint64)
                 nodes = np.sort(ids)
                 mine = np.isin(u, nodes)
-                raw = Edges.of(u[mine], v[mine], maximum[mine], minimum[mine], total[mine], area[mine], forced[mine], program.uses_maxima)
+                raw = Edges.of(
+                    u[mine], v[mine], maximum[mine], minimum[mine], total[mine], area[mine], forced[mine], key[mine], program.uses_maxima,
+                )
                 inside = np.isin(raw.v, nodes)
                 where = cell(nodes)
                 faces = [
@@ -198,9 +201,10 @@ def _hierarchy(shape, cells_per_block, edges, program, threshold, thresholds):
 
 
 def _one_process(shape, edges, program, threshold, thresholds):
-    u, v, maximum, minimum, total, area, forced = edges
+    u, v, maximum, minimum, total, area, forced, key = edges
     count = int(np.prod(shape)) + 1
-    merged = merge(Graph(count, u.astype(np.int64), v.astype(np.int64), maximum, minimum, total, area, forced), program, threshold)
+    graph = Graph(count, u.astype(np.int64), v.astype(np.int64), maximum, minimum, total, area, forced, key=key)
+    merged = merge(graph, program, threshold)
     result = np.zeros((len(thresholds), count - 1), dtype=np.uint64)
     for row, t in enumerate(thresholds):
         made = below(merged.scores, t)
@@ -255,15 +259,15 @@ def test_hierarchy_equals_one_process_where_cut_basins_meet_a_fragment_twice(sco
 @pytest.mark.parametrize("scoring", [HIST_QUANT_50, QUANTILE])
 def test_hierarchy_equals_one_process_where_scores_tie(scoring):
     """Maxima on 16 levels, so that most scores tie: equal scores merge in one order, by the
-    largest hash of an edge's fragment pairs, whatever super-block holds the edge, and the
-    partitions are identical (ordered by score alone, the super-blocks merged ties in an order of
-    their own, and the partitions differed)."""
+    edges' keys (the larger of its parts' for a folded edge), whatever super-block holds the
+    edge, and the partitions are identical (ordered by score alone, the super-blocks merged ties
+    in an order of their own, and the partitions differed)."""
     rng = np.random.default_rng(3)
     program = Program(scoring)
     shape = (16, 16, 16)
-    u, v, maximum, minimum, total, area, forced = _grid_graph(shape, rng, forced_fraction=0.02)
+    u, v, maximum, minimum, total, area, forced, key = _grid_graph(shape, rng, forced_fraction=0.02)
     maximum = np.ceil(maximum * 16) / 16
-    edges = u, v, maximum, np.minimum(minimum, maximum), total, area, forced
+    edges = u, v, maximum, np.minimum(minimum, maximum), total, area, forced, key
     thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
     ours, levels, _ = _hierarchy(shape, 4, edges, program, max(thresholds), thresholds)
     theirs, merged = _one_process(shape, edges, program, max(thresholds), thresholds)

@@ -29,6 +29,8 @@ def test_contact_statistics_find_each_contact_once_with_its_affinities(dtype, fi
         (1, 3): [y[1, 0], y[1, 1]],
         (2, 3): [x[1, 2]],
     }
+    # The last voxel pair of each contact, 3 * (its voxel's index in the array) + its axis.
+    np.testing.assert_array_equal(statistics["contact_last"], [3 * 2 + 2, 3 * 5 + 1, 3 * 6 + 2])
     for index, values in enumerate(contacts.values()):
         assert statistics["affinity_max"][index] == pytest.approx(max(values))
         assert statistics["affinity_min"][index] == pytest.approx(min(values))

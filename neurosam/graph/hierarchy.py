@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from neurosam.graph.merging import Graph, below, merge, pair_keys
+from neurosam.graph.merging import Graph, below, merge
 from neurosam.graph.scoring import Program
 
 #: Faces in the order -z, +z, -y, +y, -x, +x: face ``2 * axis + side``.
@@ -34,8 +34,8 @@ FACES = 6
 
 @dataclass
 class Edges:
-    """Edges by node id (uint64) with their contact statistics and tie-break keys (the largest
-    ``pair_keys`` of their fragment pairs); ``maxima`` (CSR by ``maxima_offsets``) where the
+    """Edges by node id (uint64) with their contact statistics and tie-break keys (``Graph.key``);
+    ``maxima`` (CSR by ``maxima_offsets``) where the
     scoring function takes quantiles, else empty."""
 
     u: np.ndarray
@@ -50,13 +50,13 @@ class Edges:
     maxima_offsets: np.ndarray
 
     @classmethod
-    def of(cls, u, v, maximum, minimum, total, area, forced, with_maxima: bool) -> Edges:
+    def of(cls, u, v, maximum, minimum, total, area, forced, key, with_maxima: bool) -> Edges:
         """Edges of one fragment pair each: the multiset of maxima is the pair's maximum."""
         count = len(u)
         return cls(
             np.asarray(u, dtype=np.uint64), np.asarray(v, dtype=np.uint64), np.asarray(maximum, dtype=np.float64),
             np.asarray(minimum, dtype=np.float64), np.asarray(total, dtype=np.float64), np.asarray(area, dtype=np.float64),
-            np.asarray(forced, dtype=bool), pair_keys(np.asarray(u, dtype=np.uint64), np.asarray(v, dtype=np.uint64)),
+            np.asarray(forced, dtype=bool), np.asarray(key, dtype=np.uint64),
             np.asarray(maximum, dtype=np.float32) if with_maxima else np.zeros(0, dtype=np.float32),
             np.arange(count + 1, dtype=np.int64) if with_maxima else np.zeros(count + 1, dtype=np.int64),
         )

@@ -24,10 +24,11 @@ joins them, as it did here before any merging. For the scoring functions that
 parts, so scores pop in increasing order and every merge made here is made, at the same score,
 by one process over the whole graph.
 
-Ties of equal score are broken by a key of the edge that does not depend on the graph's
-partition into super-blocks: the largest hash of the fragment pairs it holds (``pair_keys``), which
-folding keeps as the larger of its parts'. An edge's order (score, key) then never falls by
-folding either, so one process and every super-block merge equal scores in one shared order.
+Ties of equal score are broken by a key of the edge that depends neither on the super-blocks
+nor on the blocks: where its contact surface ends in the volume's scan order (``contact_last``,
+``neurosam.graph.agglomeration``), which folding keeps as the larger of its parts'. An edge's
+order (score, key) then never falls by folding either, so one process and every super-block
+merge equal scores in one shared order, and a block-wise run in the order of one block.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 class Graph:
     """Edges between nodes 0..n-1 with their statistics. ``maxima`` and ``maxima_offsets`` (CSR,
     len(u) + 1) hold each edge's multiset of pair maxima, where the scoring function takes a
-    quantile; an edge without a multiset stands for one pair, its maximum. ``key`` breaks ties
-    (the largest ``pair_keys`` of its fragment pairs; without it, those of its ends: the nodes
-    are the fragments)."""
+    quantile; an edge without a multiset stands for one pair, its maximum. ``key`` breaks ties:
+    distinct per edge, and a folded edge's is the larger of its parts' (the pipeline's: where
+    its contact ends in the volume's scan order, ``contact_last``; without it, the edge's index)."""
 
     nodes: int
     u: np.ndarray
@@ -65,20 +66,6 @@ class Graph:
     maxima: np.ndarray | None = None
     maxima_offsets: np.ndarray | None = None
     key: np.ndarray | None = None
-
-
-def pair_keys(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """The tie-break key of fragment pairs (splitmix64 of both ids, in either order): a hash,
-    so that equal scores merge in no spatial order."""
-    low, high = np.minimum(u, v).astype(np.uint64), np.maximum(u, v).astype(np.uint64)
-    return _mix(_mix(low) ^ high)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def below(scores: np.ndarray, threshold: float) -> np.ndarray:
@@ -616,7 +603,7 @@ def merge(graph: Graph, program: Program, threshold: float, frozen: np.ndarray |
     maximum, minimum = graph.maximum.astype(np.float32), graph.minimum.astype(np.float32)
     total, area = graph.total.astype(np.float64), graph.area.astype(np.float64)
     forced = graph.forced.astype(np.bool_)
-    key = pair_keys(graph.u, graph.v) if graph.key is None else graph.key.astype(np.uint64)
+    key = np.arange(len(ends), dtype=np.uint64) if graph.key is None else graph.key.astype(np.uint64)
     value, lengths = _maxima(graph, program)
     head = np.where(lengths > 0, np.cumsum(lengths) - lengths, -1).astype(np.int32)
     tail = np.where(lengths > 0, head + lengths - 1, -1).astype(np.int32)

@@ -37,7 +37,11 @@ def contacts_block(setup: WorkerSetup, block) -> None:
         local += 1
         ids = np.concatenate([[0], ids])
     affinities = read_nearest_affinities(plan, block.read_roi)
-    pairs, statistics = contact_statistics(affinities, local, claimed_by_neighbour(plan, block, fragments))
+    volume = plan.volume_roi
+    pairs, statistics = contact_statistics(
+        affinities, local, claimed_by_neighbour(plan, block, fragments),
+        tuple((block.read_roi.begin - volume.begin) / plan.voxel_size), tuple(volume.shape / plan.voxel_size),
+    )
     block_id = fragments_block_id(plan, block.write_roi)
     owned = owner_block(plan, ids[pairs[:, 0]]) == block_id
     owned_statistics = {name: values[owned] for name, values in statistics.items()}

@@ -90,9 +90,10 @@ def level_zero_inputs(plan: RunPlan, rag: RagStore, roi: Roi, with_maxima: bool)
         # The pieces of one watershed basin that block faces cut: merged before anything else.
         forced = (claimed > 0) & (2 * claimed >= area)
         pieces.append(Edges.of(
-            u, v, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, forced, with_maxima,
+            u, v, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, forced,
+            statistics["contact_last"], with_maxima,
         ))
-    raw = Edges.concatenate(pieces) if pieces else Edges.of(*([np.zeros(0)] * 6), np.zeros(0, dtype=bool), with_maxima)
+    raw = Edges.concatenate(pieces) if pieces else Edges.of(*([np.zeros(0)] * 6), np.zeros(0, dtype=bool), np.zeros(0), with_maxima)
     inside = np.isin(raw.v, nodes)
     faces = []
     for face, beyond in enumerate(_faces_inside(plan, roi)):
