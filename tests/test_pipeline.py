@@ -61,7 +61,8 @@ the two segmentations: about 1.5x what these runs measured with the hierarchy, e
 merging in the order of their contacts' places (0: identical partitions; a gap of 1e-12:
 rounding). Ordered by score alone, the network crop's uint8 scores tied and the run measured
 0.94 at 0.8 (0.38 with the model shipped before). Its 0.52 at 0.6 (measured 0.35, one
-large merge of the block-wise run) is above the README's goal of 0.15, and not explained."""
+large merge of the block-wise run) is above the README's goal of 0.15 (see the README's
+"Block-wise against one block")."""
 
 
 def fidelity_inputs(volume: str, directory):
