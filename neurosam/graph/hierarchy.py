@@ -13,7 +13,8 @@ highest threshold, and so does any edge they fold into.
 On the way down each super-block turns its parent's segment ids, per threshold, into those of
 its own inputs (``segment_table``), so the leaves' tables name every fragment's final segment
 and no process holds more than one super-block's graph. Segments are named by their smallest
-fragment id, so the result does not depend on the super-blocks.
+fragment id, and equal scores merge in the order of the edges' keys (``merging``), so the result
+does not depend on the super-blocks.
 """
 
 from __future__ import annotations
