@@ -3,11 +3,13 @@ on where the database is or how it is reached, nor on where the run directory li
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import yaml
 
 from neurosam.config import load_config
+from neurosam.pipeline import registry
 from neurosam.pipeline.plan import task_ids
 
 
@@ -56,6 +58,19 @@ def test_a_parameter_still_changes_its_task_and_those_after_it(tmp_path):
     changed = task_ids(load_config(write(tmp_path / "a", fragments={"epsilon_agglomerate": 0.2})))
     assert changed["predict"] == first["predict"]
     assert all(changed[stage] != first[stage] for stage in first if stage != "predict")
+
+
+def test_a_new_version_of_a_stage_changes_its_task_and_those_after_it(tmp_path, monkeypatch):
+    """Work dirs of the version before keep their done records for the stages before it alone."""
+    path = write(tmp_path / "a")
+    first = task_ids(load_config(path))
+    stages = list(registry.STAGES)
+    index = [stage.name for stage in stages].index("contacts")
+    stages[index] = dataclasses.replace(stages[index], version=stages[index].version + 1)
+    monkeypatch.setattr(registry, "STAGES", stages)
+    changed = task_ids(load_config(path))
+    before = {stage.name for stage in stages[:index]}
+    assert all((changed[stage] == first[stage]) == (stage in before) for stage in first), (first, changed)
 
 
 def test_ground_truth_skeletons_are_kept_whatever_the_stages_before_them_change(tmp_path):

@@ -74,7 +74,8 @@ def task_ids(config: RunConfig) -> dict[str, str]:
     unchanged rerun skips every finished block."""
     ids, upstream = {}, ""
     for stage in stages_for(config):
-        own = _digest((upstream if stage.uses_upstream else "") + config.fingerprint(*stage.sections))
+        version = "" if stage.version == 1 else f"version {stage.version}"
+        own = _digest((upstream if stage.uses_upstream else "") + config.fingerprint(*stage.sections) + version)
         ids[stage.name] = f"{stage.name}-{own}"
         upstream = own if stage.uses_upstream else _digest(upstream + own)
     return ids

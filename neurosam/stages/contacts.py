@@ -76,4 +76,7 @@ def contacts_blocks(setup: WorkerSetup):
     yield lambda block: contacts_block(setup, block)
 
 
-STAGE = Stage("contacts", "neurosam.stages.contacts:contacts_blocks", contacts_layout, reads=("affinities",))
+STAGE = Stage(
+    "contacts", "neurosam.stages.contacts:contacts_blocks", contacts_layout, reads=("affinities",),
+    version=2,  # 2: the edges carry contact_last, which segment's merge order needs
+)

@@ -81,6 +81,10 @@ class Stage:
     """Its output depends on what the stages before it write. False for one that reads only the
     run's inputs (the ground truth's skeletons): its task id leaves their fingerprints out, so it
     is kept whatever they change, while the stages after it carry its fingerprint too."""
+    version: int = 1
+    """The format of what its blocks write: raised when a change makes what an earlier version
+    wrote unfit for the stages after it, so a resumed run redoes those blocks instead of trusting
+    their done records (version 1 leaves the task id as it was before versions existed)."""
 
 
 def require_multiple(name: str, value: Coordinate, unit: Coordinate, unit_name: str = "the voxel size") -> None:
