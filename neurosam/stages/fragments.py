@@ -88,7 +88,11 @@ def fragments_block_id(plan: RunPlan, write_roi: Roi) -> int:
 
 def read_nearest_affinities(plan: RunPlan, roi: Roi) -> np.ndarray:
     """Float (3, Z, Y, X) affinities of ``roi``; outside the volume they read as 0 (a boundary)."""
-    data = plan.arrays["affinities"].read(roi, fill_value=0)
+    return nearest_affinities(plan, plan.arrays["affinities"].read(roi, fill_value=0))
+
+
+def nearest_affinities(plan: RunPlan, data: np.ndarray) -> np.ndarray:
+    """Float (3, Z, Y, X) nearest-neighbour affinities of the stored channels ``data``."""
     return np.ascontiguousarray(to_float(data[list(plan.nearest_affinity_channels)]))
 
 
