@@ -36,8 +36,7 @@ FACES = 6
 @dataclass
 class Edges:
     """Edges by node id (uint64) with their contact statistics and tie-break keys (``Graph.key``);
-    ``maxima`` (CSR by ``maxima_offsets``) where the
-    scoring function takes quantiles, else empty."""
+    ``maxima`` (CSR by ``maxima_offsets``) where the scoring function takes quantiles, else empty."""
 
     u: np.ndarray
     v: np.ndarray
