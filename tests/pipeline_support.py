@@ -65,6 +65,12 @@ def medulla_gt_inputs(directory: Path, noise: float = 0.0, offsets=NEAREST_OFFSE
     return write_inputs(directory, affinities, labels, voxel_size, offsets=offsets)
 
 
+#: The ground truth's skeletons and ERL are left out of a test's run unless it asks for them
+#: (``evaluate=WITH_ERL``): they cost a third of a small run's CPU, and the tests of them and of
+#: their resume and fingerprints ask.
+WITH_ERL = {"erl": True}
+
+
 def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) -> Path:
     """A run config in ``work_dir`` over the given inputs (``context`` None: the default);
     ``sections`` override config sections."""
@@ -80,6 +86,7 @@ def write_config(work_dir: Path, inputs: dict, block_size, context, **sections) 
         "workers": {"count": 2},
         "rag": {"url": f"sqlite:///{work_dir / 'rag.db'}"},
         "fragments": {"epsilon_agglomerate": 0.1},
+        "evaluate": {"erl": False},
         **sections,
     }
     path = work_dir / "config.yaml"

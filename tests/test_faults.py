@@ -26,7 +26,7 @@ from neurosam.pipeline.lock import WorkDirLock
 from neurosam.pipeline.plan import task_ids
 from neurosam.pipeline.run import RunFailed, run_pipeline
 from neurosam.rag import open_rag
-from pipeline_support import checksum, data_file, write_config
+from pipeline_support import checksum, data_file, WITH_ERL, write_config
 
 BLOCKS = {"block_size": (250, 250, 500), "context": (50, 50, 50)}
 SEGMENT = {"thresholds": [0.5, 0.7]}
@@ -216,7 +216,7 @@ def test_changed_inputs_are_noticed(gala, tmp_path):
     inputs = {role: str(tmp_path / "inputs.zarr" / role) for role in ("affinities", "ground_truth", "raw")}
     for role, source in gala.items():
         shutil.copytree(source, inputs[role])
-    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT)
+    path = write_config(tmp_path / "run", inputs, **BLOCKS, segment=SEGMENT, evaluate=WITH_ERL)
     assert neurosam("run", path).returncode == 0
     affinities = zarr.open_array(inputs["affinities"], mode="r+")
     affinities[:] = 255 - affinities[:]
@@ -225,7 +225,7 @@ def test_changed_inputs_are_noticed(gala, tmp_path):
     assert f"affinities {inputs['affinities']} has changed" in rerun.stderr, rerun.stderr
     config = load_config(path)
     assert_redone_from(config, "fragments")
-    fresh = write_config(tmp_path / "fresh", inputs, **BLOCKS, segment=SEGMENT)
+    fresh = write_config(tmp_path / "fresh", inputs, **BLOCKS, segment=SEGMENT, evaluate=WITH_ERL)
     assert neurosam("run", fresh).returncode == 0
     assert checksum(config) == checksum(load_config(fresh))
 

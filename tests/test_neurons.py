@@ -12,7 +12,7 @@ from neurosam.affinities import NEAREST_OFFSETS, labels_to_affinities
 from neurosam.config import load_config
 from neurosam.layout import neurons_dir
 from neurosam.pipeline.run import run_pipeline
-from pipeline_support import read_segmentation, write_config, write_inputs
+from pipeline_support import read_segmentation, WITH_ERL, write_config, write_inputs
 
 VOXEL_SIZE = (16, 8, 8)
 SHAPE = (32, 64, 64)
@@ -45,7 +45,7 @@ def run(tmp_path_factory):
     config_path = write_config(
         tmp_path / "run", inputs, block, None, segment={"thresholds": [0.5]},
         meshes={"reduction_factor": 10}, skeletons={"dust_threshold": 0, "tick_threshold": 0, "const": 50},
-        ground_truth_skeletons={"dust_threshold": 0, "tick_threshold": 0},
+        ground_truth_skeletons={"dust_threshold": 0, "tick_threshold": 0}, evaluate=WITH_ERL,
     )
     summary = run_pipeline(config_path, echo_progress=False)
     config = load_config(config_path)

@@ -22,7 +22,7 @@ from neurosam.pipeline.run import run_pipeline, run_status
 from neurosam.rag import open_rag
 from neurosam.stages.evaluate import middle_section
 from neurosam.stages.fragments import owner_block, stitching_context
-from pipeline_support import gala_inputs, medulla_gt_inputs, read_edges, read_segmentation, write_config
+from pipeline_support import gala_inputs, medulla_gt_inputs, read_edges, read_segmentation, WITH_ERL, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 GALA_BLOCKS = {"block_size": (250, 500, 500), "context": (100, 100, 100)}
@@ -32,7 +32,7 @@ THRESHOLDS = {"thresholds": [0.5, 0.6, 0.7, 0.8]}
 
 @pytest.fixture(scope="module")
 def gala_blockwise(gala, tmp_path_factory):
-    path = write_config(tmp_path_factory.mktemp("blockwise"), gala, **GALA_BLOCKS, segment=THRESHOLDS)
+    path = write_config(tmp_path_factory.mktemp("blockwise"), gala, **GALA_BLOCKS, segment=THRESHOLDS, evaluate=WITH_ERL)
     return path, run_pipeline(path, echo_progress=False)
 
 

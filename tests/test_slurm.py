@@ -24,7 +24,7 @@ from neurosam.io.volumes import open_array
 from neurosam.layout import slurm_logs_dir, submitted_jobs_file
 from neurosam.pipeline.launchers import SCHEDULER_CHECK_SECONDS, cancel_submitted_jobs, run_slurm_worker
 from neurosam.pipeline.run import run_pipeline
-from pipeline_support import gala_inputs, read_segmentation, write_config
+from pipeline_support import gala_inputs, read_segmentation, WITH_ERL, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slurm
@@ -218,7 +218,7 @@ def test_meshes_skeletons_and_ground_truth_skeletons_on_slurm_equal_local(slurm_
     labels = tubes()
     inputs = write_inputs(tmp_path / "inputs", labels_to_affinities(labels, NEAREST_OFFSETS)[0], labels, VOXEL_SIZE)
     block = tuple(s * v // 2 for s, v in zip(SHAPE, VOXEL_SIZE))
-    sections = {"segment": {"thresholds": [0.5]}, "meshes": {}, "skeletons": {"dust_threshold": 0, "const": 50}}
+    sections = {"segment": {"thresholds": [0.5]}, "meshes": {}, "skeletons": {"dust_threshold": 0, "const": 50}, "evaluate": WITH_ERL}
     slurm_workers = {"count": 2, "launcher": "slurm", "slurm": {"partition": "debug", "memory": "2G"}}
     local_path = write_config(tmp_path / "local", inputs, block, None, **sections)
     slurm_path = write_config(tmp_path / "slurm", inputs, block, None, **sections, workers=slurm_workers)
