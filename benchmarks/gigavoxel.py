@@ -9,7 +9,7 @@ the wall time and CPU seconds per stage, the largest peak of each kind of proces
 stage's levels apart), the edges each level of the hierarchy holds and passes up, and what
 monolithic waterz would need at this size, from its growth measured by the throughput benchmark.
 
-    python benchmarks/gigavoxel.py --size 1024 --workers 2
+    python benchmarks/gigavoxel.py --sizes 256 1024 --workers 2
 """
 
 from __future__ import annotations
@@ -108,29 +108,16 @@ def level_edges(work_dir: Path) -> list[tuple[int, int, int, int, int]]:
     return levels
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=1024, help="volume edge length in voxels (default 1024: 1.07e9 voxels)")
-    parser.add_argument("--block", type=int, default=128, help="block edge length in voxels")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--work-dir", type=Path, help="where the volume and the run go (default: a temporary directory)")
-    args = parser.parse_args()
-    root = args.work_dir or Path(tempfile.mkdtemp(prefix="gigavoxel-"))
-    hook = root / "hook"
-    hook.mkdir(parents=True, exist_ok=True)
-    (hook / "sitecustomize.py").write_text(HOOK)
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
-    volume = root / f"size{args.size}" / "affinities.zarr"
+def run_size(root: Path, size: int, block: int, workers: int) -> int:
+    """One volume through the pipeline, its tables printed; the largest segment process's peak."""
+    volume = root / f"size{size}" / "affinities.zarr"
     started = time.perf_counter()
-    if not volume.exists():
-        voxel_size = write_volume(volume, args.size)
-    else:
-        voxel_size = medulla_boundary()[1]
-    print(f"{args.size}^3 voxels ({args.size ** 3:.2e}), affinities written in {time.perf_counter() - started:.0f} s; "
-          f"blocks {args.block}^3, {args.workers} workers per task, {os.cpu_count()} CPUs", flush=True)
-    work_dir = root / f"size{args.size}" / "run"
+    voxel_size = write_volume(volume, size) if not volume.exists() else medulla_boundary()[1]
+    print(f"{size}^3 voxels ({size ** 3:.2e}), affinities written in {time.perf_counter() - started:.0f} s; "
+          f"blocks {block}^3, {workers} workers per task, {os.cpu_count()} CPUs", flush=True)
+    work_dir = root / f"size{size}" / "run"
     shutil.rmtree(work_dir, ignore_errors=True)
-    config = write_config(work_dir, volume, args.block, None, voxel_size, args.workers)
+    config = write_config(work_dir, volume, block, None, voxel_size, workers)
     peaks = work_dir / "peaks"
     peaks.mkdir()
     result = measured(run, config, peaks)
@@ -153,11 +140,37 @@ def main() -> None:
     print(f"largest segment process: {segment_peak / 2**20:,.0f} MiB")
     per_voxel = WATERZ_PEAK_MIB[512] * 2**20 / 512**3
     print(
-        f"monolithic waterz at {args.size}^3: about {per_voxel * args.size ** 3 / 2**30:,.0f} GiB in one process, from its measured "
+        f"monolithic waterz at {size}^3: about {per_voxel * size ** 3 / 2**30:,.0f} GiB in one process, from its measured "
         f"{per_voxel:.0f} bytes per voxel at 512^3 ({WATERZ_PEAK_MIB[256]} MiB at 256^3, {WATERZ_PEAK_MIB[512]:,} MiB at 512^3: "
         f"{WATERZ_PEAK_MIB[512] / WATERZ_PEAK_MIB[256]:.1f}x for 8x the voxels); this machine has "
-        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+        flush=True,
     )
+    return segment_peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024],
+                        help="volume edge lengths in voxels (default 256 1024: 1.07e9 voxels at the largest)")
+    parser.add_argument("--block", type=int, default=128, help="block edge length in voxels")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--work-dir", type=Path, help="where the volumes and the runs go (default: a temporary directory); "
+                        "volumes already there are reused")
+    args = parser.parse_args()
+    root = args.work_dir or Path(tempfile.mkdtemp(prefix="gigavoxel-"))
+    hook = root / "hook"
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HOOK)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    peaks = {size: run_size(root, size, args.block, args.workers) for size in sorted(args.sizes)}
+    if len(peaks) > 1:
+        smallest, largest = min(peaks), max(peaks)
+        growth = peaks[largest] / peaks[smallest] - 1
+        print(
+            f"largest segment process, {smallest}^3 -> {largest}^3 at {args.block}^3 blocks: {peaks[smallest] / 2**20:,.0f} -> "
+            f"{peaks[largest] / 2**20:,.0f} MiB ({growth:+.0%}) -> goal of at most +20%: {'met' if growth <= 0.2 else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":
