@@ -15,6 +15,13 @@ def runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.diff(np.append(starts, labels.size))
 
 
+def unique_labels(labels: np.ndarray) -> np.ndarray:
+    """``np.unique(labels)``, from the first voxel of each run: a super-block's fragments hold
+    16M voxels, and hashing each of them took most of the time its graph took to read."""
+    starts, _ = runs(labels)
+    return np.unique(labels.ravel()[starts])
+
+
 def unique_inverse(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(labels, return_inverse=True)`` with the inverse in the labels' shape, as int32
     where it fits (half the memory traffic of what follows). Labels come in runs of equal

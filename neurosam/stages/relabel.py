@@ -10,7 +10,7 @@ import numpy as np
 
 from neurosam.graph.labels import unique_inverse
 from neurosam.layout import RunPlan, WorkerSetup, segment_table_path, segmentation_path, segmentation_role
-from neurosam.stages.segment import load_table, position, table_files
+from neurosam.stages.segment_tables import load_table, position, table_files
 from neurosam.stages.stage import OutputArray, Stage, plain_blocks
 
 

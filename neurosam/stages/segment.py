@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import itertools
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.graph.agglomeration import EDGE_STATISTICS
 from neurosam.graph.hierarchy import FACES, Edges, SuperBlock, agglomerate_super_block, parent_inputs, segment_table
+from neurosam.graph.labels import unique_labels
 from neurosam.graph.scoring import Program, inexact_reason
 from neurosam.layout import RunPlan, WorkerSetup, segment_table_path, super_block_path
 from neurosam.rag import RagStore
 from neurosam.stages.fragments import owner_block
+from neurosam.stages.segment_tables import load_table, position, save_table, super_block_shape, table_files
 from neurosam.stages.stage import InputError, Stage, Step
-
-
-def super_block_shape(plan: RunPlan, level: int) -> Coordinate:
-    return plan.block_size * plan.config.segment.super_block_factor ** (level + 1)
 
 
 def level_count(plan: RunPlan) -> int:
@@ -38,11 +35,6 @@ def level_count(plan: RunPlan) -> int:
     while any(s > b for s, b in zip(plan.volume_roi.shape, super_block_shape(plan, level))):
         level += 1
     return level + 1
-
-
-def position(plan: RunPlan, roi: Roi, level: int) -> tuple[int, ...]:
-    """The grid position of the level's super-block that holds ``roi``."""
-    return tuple(int(p) for p in (roi.offset - plan.volume_roi.offset) / super_block_shape(plan, level))
 
 
 def segment_steps(plan: RunPlan) -> list[Step]:
@@ -76,7 +68,7 @@ def level_zero_inputs(plan: RunPlan, rag: RagStore, roi: Roi, with_maxima: bool)
     """A level-0 super-block's graph: its fragments, the RAG's edges their blocks own (those
     leaving the super-block pass on), and the fragments on its faces inside the volume."""
     fragments = plan.arrays["fragments"].read(roi)
-    nodes = np.unique(fragments)
+    nodes = unique_labels(fragments)
     nodes = nodes[nodes != 0]
     pieces = []
     for block_id in np.unique(owner_block(plan, nodes)).tolist():
@@ -118,18 +110,6 @@ def children_inputs(plan: RunPlan, roi: Roi, level: int):
     return parent_inputs(children, on_face)
 
 
-def save_table(path: Path, ids: np.ndarray, table: np.ndarray) -> None:
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, ids=ids, segments=table)
-    partial.replace(path)
-
-
-def load_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, thresholds x ids): the final segment of each input of a super-block."""
-    with np.load(path) as data:
-        return data["ids"], data["segments"]
-
-
 @contextmanager
 def merge_blocks(setup: WorkerSetup):
     plan, level = setup.plan, setup.task.level
@@ -164,16 +144,6 @@ def name_blocks(setup: WorkerSetup):
         save_table(segment_table_path(plan.config, level, where), result.nodes, segment_table(result, plan.config.segment.thresholds, parent))
 
     yield process
-
-
-def level_zero_positions(plan: RunPlan) -> list[tuple[int, ...]]:
-    shape = super_block_shape(plan, 0)
-    return list(itertools.product(*(range(-(-s // b)) for s, b in zip(plan.volume_roi.shape, shape))))
-
-
-def table_files(plan: RunPlan) -> list[Path]:
-    """What relabel reads."""
-    return [segment_table_path(plan.config, 0, where) for where in level_zero_positions(plan)]
 
 
 STAGE = Stage(
