@@ -1,9 +1,12 @@
-"""Where a block-wise run still departs from one block (the fidelity benchmark's misses): which
-forced edges of the block-wise RAG (the pieces of a basin cut by block faces) join fragments
-that the one-block run keeps apart, and what one process over the block-wise RAG gives at a
-threshold with and without them, against the one-block segmentation.
+"""Which claims make forced edges (the pieces of a basin cut by block faces, joined before any
+merge): the block-wise run's forced edges under three rules for the claims of its fragments
+stage, how many of them join fragments that the one-block run keeps apart, and the VOI between
+one process over the block-wise RAG with them and the one-block segmentation, at thresholds
+0.1-0.9. The rules: every claim; only a basin's claims on a fragment above whose face it claims
+at least as much as any other basin does (leading); leading or open (the pipeline's rule,
+``neurosam.graph.agglomeration.claimed_pairs``, which the RAG's ``claimed_area`` counts).
 
-    python benchmarks/forced_edges.py [--volume network] [--block 32] [--threshold 0.6]
+    python benchmarks/forced_edges.py [--volume network] [--block 32]
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from funlib.geometry import Coordinate
 
 from neurosam.config import HIST_QUANT_50, load_config
+from neurosam.graph.agglomeration import OPEN_BASIN, claimed_pairs
 from neurosam.graph.merging import Graph, merge
 from neurosam.graph.metrics import evaluate
 from neurosam.graph.scoring import Program
 from neurosam.io.volumes import open_array
+from neurosam.layout import claims_path
 from neurosam.rag import open_rag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +49,34 @@ def fragments_and_edges(work_dir: Path):
     return array[array.roi], u, v, statistics
 
 
+def claimed_area_by_rule(work_dir: Path, fragments: np.ndarray, ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:
+    """Per rule, per edge (positions ``a`` < ``b`` in ``ids``), the voxel pairs across block
+    faces whose claims count, from the fragments stage's claims arrays."""
+    config = load_config(work_dir / "config.yaml")
+    block = Coordinate(config.blocks.block_size) / open_array(config.datasets.fragments).voxel_size
+    rules = {
+        "every claim": lambda claims: np.where(claims != 0, claims | OPEN_BASIN, claims),
+        "leading": lambda claims: claims & ~OPEN_BASIN,
+        "leading or open": lambda claims: claims,
+    }
+    keys = a.astype(np.int64) * len(ids) + b
+    order = np.argsort(keys)
+    areas = {name: np.zeros(len(a), dtype=np.int64) for name in rules}
+    for axis in range(3):
+        array = open_array(claims_path(config, axis))
+        every_claim = array[array.roi]
+        for face in range(block[axis], fragments.shape[axis], block[axis]):
+            layer = (slice(None),) * axis + (face,)
+            below = (slice(None),) * axis + (face - 1,)
+            claims = every_claim[layer]
+            touching = (fragments[layer] != fragments[below]) & (fragments[layer] != 0) & (fragments[below] != 0)
+            here, there = np.searchsorted(ids, fragments[layer][touching]), np.searchsorted(ids, fragments[below][touching])
+            edge = order[np.searchsorted(keys[order], np.minimum(here, there).astype(np.int64) * len(ids) + np.maximum(here, there))]
+            for name, rule in rules.items():
+                np.add.at(areas[name], edge, claimed_pairs(rule(claims), fragments[layer], fragments[below])[touching])
+    return areas
+
+
 def majority(labels: np.ndarray, ids: np.ndarray, other: np.ndarray) -> np.ndarray:
     """For each of ``ids`` (sorted, no 0), the label of ``other`` covering most of its voxels."""
     inside = labels.ravel() != 0
@@ -59,7 +93,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volume", default="network", choices=["gala", "medulla", "network"])
     parser.add_argument("--block", type=int, default=32, help="block edge in voxels")
-    parser.add_argument("--threshold", type=float, default=0.6)
     args = parser.parse_args()
     fidelity = _fidelity_benchmark()
     with tempfile.TemporaryDirectory() as scratch:
@@ -69,24 +102,28 @@ def main() -> None:
         fidelity.run(scratch / "blockwise", inputs, args.block)
         one_fragments = fragments_and_edges(scratch / "one_block")[0]
         fragments, u, v, statistics = fragments_and_edges(scratch / "blockwise")
-    ids = np.unique(np.concatenate([np.unique(fragments), u, v]))
-    ids = ids[ids != 0]
-    a, b = np.searchsorted(ids, u), np.searchsorted(ids, v)
-    claimed, area = statistics["claimed_area"], statistics["contact_area"]
-    forced = (claimed > 0) & (2 * claimed >= area)
+        ids = np.unique(np.concatenate([np.unique(fragments), u, v]))
+        ids = ids[ids != 0]
+        a, b = np.searchsorted(ids, u), np.searchsorted(ids, v)
+        claimed = claimed_area_by_rule(scratch / "blockwise", fragments, ids, a, b)
+    area = statistics["contact_area"]
+    assert (claimed["leading or open"] == statistics["claimed_area"]).all(), "the RAG's claimed_area is not the pipeline's rule"
     one_fragment = majority(fragments, ids, one_fragments)
-    wrong = forced & (one_fragment[a] != one_fragment[b])
-    print(f"{args.volume}, {args.block}^3 blocks: {forced.sum():,} forced edges, {wrong.sum()} of them join fragments the one-block run keeps apart")
-    reference = one_block[args.threshold]
-    for name, chosen in (("all forced edges", forced), ("without those", forced & ~wrong)):
+    thresholds = sorted(one_block)
+    print(f"{args.volume}, {args.block}^3 blocks; VOI between one process over the block-wise RAG and the one-block run at {' / '.join(f'{t:g}' for t in thresholds)}")
+    for name, claimed_area in claimed.items():
+        forced = (claimed_area > 0) & (2 * claimed_area >= area)
+        wrong = forced & (one_fragment[a] != one_fragment[b])
         graph = Graph(
-            len(ids), a, b, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, chosen,
+            len(ids), a, b, statistics["affinity_max"], statistics["affinity_min"], statistics["affinity_sum"], area, forced,
             key=statistics["contact_last"],
         )
-        merged = merge(graph, Program(HIST_QUANT_50), args.threshold)
-        segments = np.where(fragments != 0, merged.smallest[merged.root][np.searchsorted(ids, fragments)].astype(np.uint64) + 1, 0)
-        between = evaluate(segments, reference, ignore_background=False)["voi"]
-        print(f"one process over the block-wise RAG, {name}, at {args.threshold:g}: VOI {between:.3f} against the one-block run")
+        betweens = []
+        for threshold in thresholds:
+            merged = merge(graph, Program(HIST_QUANT_50), threshold)
+            segments = np.where(fragments != 0, merged.smallest[merged.root][np.searchsorted(ids, fragments)].astype(np.uint64) + 1, 0)
+            betweens.append(evaluate(segments, one_block[threshold], ignore_background=False)["voi"])
+        print(f"{name}: {forced.sum():,} forced edges, {wrong.sum()} joining fragments the one-block run keeps apart; VOI {' / '.join(f'{x:.3f}' for x in betweens)}")
 
 
 if __name__ == "__main__":

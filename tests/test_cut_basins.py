@@ -1,7 +1,8 @@
 """Cut basins rejoined: fragments that are pieces of one watershed basin, cut by a block face,
 are joined by the merge loop's forced edges, before any other merge and even where they are
 frozen, into exactly the graph the one-volume watershed gives (node sizes, edges, every
-statistic and each pair's maximum for the quantiles), on arrays, without a run."""
+statistic and each pair's maximum for the quantiles), on arrays, without a run; and which claims
+of the block below count (``claimed_pairs``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from neurosam.config import HIST_QUANT_50
-from neurosam.graph.agglomeration import contact_statistics
+from neurosam.graph.agglomeration import OPEN_BASIN, claimed_pairs, contact_statistics
 from neurosam.graph.merging import Graph, merge
 from neurosam.graph.scoring import Program
 
@@ -86,3 +87,16 @@ def test_rejoined_graph_equals_the_one_volume_graph():
         np.testing.assert_array_equal(ours[order], one_statistics[name][one_order], err_msg=name)
     assert (np.diff(edges.maxima_offsets) == 1).all()
     np.testing.assert_array_equal(edges.maxima[order], one_statistics["affinity_max"][one_order])
+
+
+def test_a_fragment_two_whole_basins_claim_joins_only_the_leading_one():
+    """The layer above a face holds one fragment (7) that the block below sees as two basins,
+    fragment 1's (a quarter of its face) and 2's; fragment 3's basin stays below. Seen whole,
+    the lesser basin is not joined (the block above merged two basins it could not tell apart);
+    open, it may be the other's piece, as the block above saw it, and is joined."""
+    below = np.array([[[1, 2, 2, 2], [3, 3, 3, 3]]], dtype=np.uint64)
+    above = np.array([[[7, 7, 7, 7], [8, 8, 8, 8]]], dtype=np.uint64)
+    claims = np.array([[[1, 2, 2, 2], [0, 0, 0, 0]]], dtype=np.uint64)
+    np.testing.assert_array_equal(claimed_pairs(claims, above, below), [[[False, True, True, True], [False] * 4]])
+    opened = np.where(claims == 1, claims | OPEN_BASIN, claims)
+    np.testing.assert_array_equal(claimed_pairs(opened, above, below), [[[True, True, True, True], [False] * 4]])

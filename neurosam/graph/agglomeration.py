@@ -23,6 +23,9 @@ import numpy as np
 #: order (3 * the voxel's index + the axis), by which equal scores merge in an order that
 #: does not depend on the blocks.
 EDGE_STATISTICS = ("affinity_max", "affinity_min", "affinity_sum", "contact_area", "claimed_area", "contact_last")
+#: The top bit of a claim: the claiming basin reaches the border of its block's view (the block
+#: and its context) inside the volume, so that block did not see it whole.
+OPEN_BASIN = np.uint64(1 << 63)
 #: The dtype each is stored in: the extremes are affinities, float32 as waterz reads them; the
 #: sum adds up to millions of them, beyond float32's exact integers of 1/255; areas count voxels.
 STATISTIC_DTYPES = {
@@ -169,3 +172,26 @@ def join_runs(codes, runs, places, order):
             joined[g, field] += runs[i, field]
         last[g] = max(last[g], places[i])
     return joined_codes, joined, last
+
+
+def claimed_pairs(claims: np.ndarray, above: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """Which voxel pairs (below, above) across a block face lie inside one watershed basin, by the
+    claims of the block below on the layer above (``above``: its fragments; ``below``: those of
+    the layer under it; ``claims``: the fragment below whose basin covers the voxel, 0 none).
+
+    A claim counts where its basin covers at least as much of the fragment above's face as any
+    other claiming basin does, or where its basin is open (``OPEN_BASIN``). A fragment above
+    whose face several basins claim is one basin to the block above and several to the block
+    below. Where the block below saw the lesser basin whole, the block above is the one short of
+    context (its watershed, cut off from that basin's peak, ran it into the other), and joining
+    would merge the two basins before any scoring; an open basin, one the block below did not see
+    whole, may be the other's piece, as the block above saw it."""
+    claimant = claims & ~OPEN_BASIN
+    claiming = (claimant != 0) & (above != 0)
+    pairs, index, counts = np.unique(np.stack([above[claiming], claimant[claiming]]), axis=1, return_inverse=True, return_counts=True)
+    fragment_index = np.unique(pairs[0], return_inverse=True)[1]
+    largest = np.zeros(fragment_index.max(initial=-1) + 1, dtype=counts.dtype)
+    np.maximum.at(largest, fragment_index, counts)
+    leading = np.zeros(above.shape, dtype=bool)
+    leading[claiming] = (counts >= largest[fragment_index])[index.ravel()]
+    return claiming & (claimant == below) & (leading | ((claims & OPEN_BASIN) != 0))

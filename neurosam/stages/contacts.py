@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 from funlib.geometry import Roi
 
-from neurosam.graph.agglomeration import contact_statistics
+from neurosam.graph.agglomeration import claimed_pairs, contact_statistics
 from neurosam.graph.labels import unique_inverse
 from neurosam.layout import RunPlan, WorkerSetup, claims_role
 from neurosam.stages.fragments import fragments_block_id, nearest_affinities, owner_block
@@ -74,9 +74,10 @@ def read_faces(plan: RunPlan, array, block, lower: bool) -> np.ndarray:
 
 def claimed_by_neighbour(plan, block, fragments: np.ndarray) -> list[np.ndarray]:
     """Per axis d, at each voxel q: whether the block below q along d extended the basin of
-    the fragment at q - d into q, i.e. the pair (q - d, q) lies inside one watershed basin.
-    Claims lie only on the first layer of a block, so of each array just the two layers of this
-    block's faces are read."""
+    the fragment at q - d into q, i.e. the pair (q - d, q) lies inside one watershed basin
+    (where that claim counts: ``claimed_pairs``). Claims lie only on the first layer of a block,
+    so of each array just the two layers of this block's faces are read; a fragment above a
+    face lies in one block, so the layer holds its whole face."""
     roi, voxel_size = block.read_roi, plan.voxel_size
     claimed = []
     for axis in range(3):
@@ -90,7 +91,7 @@ def claimed_by_neighbour(plan, block, fragments: np.ndarray) -> list[np.ndarray]
             claims = plan.arrays[claims_role(axis)].read(Roi(offset, shape), fill_value=0)
             layer = (slice(None),) * axis + (slice(index, index + 1),)
             below = (slice(None),) * axis + (slice(index - 1, index),)
-            inside[layer] = (claims != 0) & (claims == fragments[below])
+            inside[layer] = claimed_pairs(claims, fragments[layer], fragments[below])
         claimed.append(inside)
     return claimed
 

@@ -20,6 +20,7 @@ import waterz
 from funlib.geometry import Coordinate, Roi
 
 from neurosam.affinities import to_float
+from neurosam.graph.agglomeration import OPEN_BASIN
 from neurosam.graph.labels import runs
 from neurosam.io.volumes import AXES
 from neurosam.layout import RunPlan, WorkerSetup, claims_path, claims_role
@@ -160,15 +161,28 @@ def extract_fragments(setup: WorkerSetup, block) -> None:
     global_ids = np.where(new_ids > 0, new_ids + np.uint64(first_id), np.uint64(0))
 
     plan.arrays["fragments"].write(write_roi, global_ids[labels[inner.to_slices()]])
-    write_claims(plan, block, labels, inner, global_ids)
+    write_claims(plan, block, labels, inner, global_ids | np.where(open_labels(plan, block.read_roi, labels) & (global_ids != 0), OPEN_BASIN, np.uint64(0)))
     ids, positions, sizes = fragment_nodes(local, first_id, write_roi, plan.voxel_size)
     rag.write_nodes(block.block_id[1], ids, positions, sizes)
 
 
-def write_claims(plan: RunPlan, block, labels: np.ndarray, inner: Roi, global_ids: np.ndarray) -> None:
+def open_labels(plan: RunPlan, read_roi: Roi, labels: np.ndarray) -> np.ndarray:
+    """Per label of the block's view (``read_roi``), whether it reaches a face of the view that
+    lies inside the volume: beyond it the watershed saw nothing, so the basin may be larger."""
+    reaches = np.zeros(int(labels.max()) + 1, dtype=bool)
+    volume = plan.volume_roi
+    for axis in range(3):
+        for index, inside in ((0, read_roi.begin[axis] > volume.begin[axis]), (-1, read_roi.end[axis] < volume.end[axis])):
+            if inside:
+                reaches[labels[(slice(None),) * axis + (index,)]] = True
+    return reaches
+
+
+def write_claims(plan: RunPlan, block, labels: np.ndarray, inner: Roi, claim_ids: np.ndarray) -> None:
     """The slab of voxels just beyond the block's upper face along each axis, labelled with the
-    fragment whose watershed basin covers them here: the contacts stage knows by it which
-    fragments are one basin cut by the face (``neurosam.graph.agglomeration``)."""
+    fragment whose watershed basin covers them here (``claim_ids``: per label, the fragment, with
+    ``OPEN_BASIN`` set where the view did not hold the basin whole): the contacts stage knows by
+    it which fragments are one basin cut by the face (``neurosam.graph.agglomeration``)."""
     for axis in range(3):
         offset, shape = list(inner.offset), list(inner.shape)
         offset[axis], shape[axis] = inner.end[axis], 1
@@ -176,7 +190,7 @@ def write_claims(plan: RunPlan, block, labels: np.ndarray, inner: Roi, global_id
         slab = beyond * plan.voxel_size + block.read_roi.offset
         if inner.end[axis] >= labels.shape[axis] or not plan.volume_roi.contains(slab):
             continue
-        plan.arrays[claims_role(axis)].write(slab, global_ids[labels[beyond.to_slices()]])
+        plan.arrays[claims_role(axis)].write(slab, claim_ids[labels[beyond.to_slices()]])
 
 
 @contextmanager
@@ -205,4 +219,5 @@ def keep_block_arrays_out_of_the_heap() -> None:
 STAGE = Stage(
     "fragments", "neurosam.stages.fragments:fragments_blocks", fragments_layout,
     sections=("datasets", "roi", "blocks", "fragments"), outputs=fragments_outputs, reads=("affinities",),
+    version=2,  # 2: a claim carries OPEN_BASIN where the block did not see the basin whole (contacts, segment redo after it)
 )
