@@ -13,16 +13,19 @@ Every run is the pipeline itself (``neurosam run`` in this process, 2 local work
 the same config but for blocks.block_size (one block: the whole volume) and the default context.
 
     python benchmarks/agglomeration_fidelity.py --volumes gala medulla network --blocks 16 32 64 128
+    python benchmarks/agglomeration_fidelity.py --volumes medulla --medulla-size 512 --noise-seed 1 --blocks 64
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +68,10 @@ def gala_inputs(directory: Path) -> dict:
         return write_inputs(directory, gala["boundary_prob"][:], gala["neuron_ids"][:], Coordinate(gala["neuron_ids"].attrs["resolution"]))
 
 
-def medulla_inputs(directory: Path, size: int = 256) -> dict:
+def medulla_inputs(directory: Path, size: int = 256, seed: int = 0) -> dict:
     import h5py
 
-    boundary, voxel_size = _postprocess_benchmark().medulla_boundary()
+    boundary, voxel_size = _postprocess_benchmark().medulla_boundary(seed)
     with h5py.File(REPO / "data" / "medulla_fibsem.h5", "r") as medulla:
         labels = medulla["neuron_ids"][:]
     pad = [(0, max(0, size - s)) for s in labels.shape]
@@ -100,7 +103,25 @@ def network_inputs(directory: Path) -> dict:
 VOLUMES = {"gala": gala_inputs, "medulla": medulla_inputs, "network": network_inputs}
 
 
-def run(work_dir: Path, inputs: dict, block_voxels: int | None) -> tuple[dict[float, np.ndarray], int]:
+class Segmentations(Mapping):
+    """A run's segmentation per threshold, read when asked for: at 512^3 the nine of a run,
+    held together, would take 9 GiB."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def __getitem__(self, threshold: float) -> np.ndarray:
+        array = open_array(segmentation_path(self.config, threshold))
+        return array[array.roi]
+
+    def __iter__(self):
+        return iter(THRESHOLDS)
+
+    def __len__(self) -> int:
+        return len(THRESHOLDS)
+
+
+def run(work_dir: Path, inputs: dict, block_voxels: int | None) -> tuple[Segmentations, int]:
     """The pipeline on ``inputs`` with cubic blocks (None: one block); segmentations by threshold
     and the RAG's edge count."""
     affinities = open_array(inputs["affinities"])
@@ -124,18 +145,16 @@ def run(work_dir: Path, inputs: dict, block_voxels: int | None) -> tuple[dict[fl
     path.write_text(yaml.safe_dump(config))
     run_pipeline(path, until="relabel", echo_progress=False)
     loaded = load_config(path)
-    segmentations = {}
-    for threshold in THRESHOLDS:
-        array = open_array(segmentation_path(loaded, threshold))
-        segmentations[threshold] = array[array.roi]
     with open_rag(loaded.rag.url) as rag:
-        return segmentations, rag.edge_count()
+        return Segmentations(loaded), rag.edge_count()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volumes", nargs="+", choices=list(VOLUMES), default=list(VOLUMES))
     parser.add_argument("--blocks", nargs="+", type=int, default=[16, 32, 64, 128], help="block edge in voxels")
+    parser.add_argument("--medulla-size", type=int, default=256, help="edge of the mirrored medulla volume in voxels")
+    parser.add_argument("--noise-seed", type=int, default=0, help="seed of the medulla's boundary noise")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--summarize", help="print only the per-block-size summary of a JSON an earlier run wrote")
     args = parser.parse_args()
@@ -145,10 +164,11 @@ def main() -> None:
 
     rows = []
     print(f"{'volume':<8} {'block':>6} {'t':>4} {'VOI block-wise':>15} {'VOI one block':>14} {'gap':>6} {'VOI between':>12}  met")
+    volumes = {**VOLUMES, "medulla": functools.partial(medulla_inputs, size=args.medulla_size, seed=args.noise_seed)}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         for volume in args.volumes:
-            inputs = VOLUMES[volume](scratch / volume)
+            inputs = volumes[volume](scratch / volume)
             ground_truth = open_array(inputs["ground_truth"])
             truth = ground_truth[ground_truth.roi].astype(np.uint64)
             one_block, _ = run(scratch / volume / "one_block", inputs, None)
@@ -158,9 +178,10 @@ def main() -> None:
                     continue
                 blockwise, _ = run(scratch / volume / f"blocks_{block}", inputs, block)
                 for threshold in THRESHOLDS:
-                    ours = evaluate(blockwise[threshold], truth)
-                    reference = evaluate(one_block[threshold], truth)
-                    between = evaluate(blockwise[threshold], one_block[threshold], ignore_background=False)
+                    block_segmentation, one_segmentation = blockwise[threshold], one_block[threshold]
+                    ours = evaluate(block_segmentation, truth)
+                    reference = evaluate(one_segmentation, truth)
+                    between = evaluate(block_segmentation, one_segmentation, ignore_background=False)
                     row = {
                         "volume": volume, "block": block, "threshold": threshold,
                         "voi_blockwise": ours["voi"], "voi_one_block": reference["voi"],

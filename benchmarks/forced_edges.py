@@ -98,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         inputs = fidelity.VOLUMES[args.volume](scratch / args.volume)
-        one_block, _ = fidelity.run(scratch / "one_block", inputs, None)
+        one_block = dict(fidelity.run(scratch / "one_block", inputs, None)[0])
         fidelity.run(scratch / "blockwise", inputs, args.block)
         one_fragments = fragments_and_edges(scratch / "one_block")[0]
         fragments, u, v, statistics = fragments_and_edges(scratch / "blockwise")

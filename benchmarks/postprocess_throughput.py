@@ -121,14 +121,14 @@ if "{HOOK_VARIABLE}" in os.environ:
 '''
 
 
-def medulla_boundary() -> tuple[np.ndarray, Coordinate]:
-    """A boundary probability map of the medulla volume, deterministic (seeded noise)."""
+def medulla_boundary(seed: int = 0) -> tuple[np.ndarray, Coordinate]:
+    """A boundary probability map of the medulla volume, deterministic (noise of ``seed``)."""
     with h5py.File(MEDULLA, "r") as medulla:
         labels = medulla["neuron_ids"][:]
         voxel_size = Coordinate(medulla["neuron_ids"].attrs["resolution"])
     ground_truth, _ = labels_to_affinities(labels, NEAREST_OFFSETS)
     distance = ndimage.distance_transform_edt(ground_truth.min(axis=0) == 1)
-    noise = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=labels.shape), NOISE_SMOOTHING_VOXELS)
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=labels.shape), NOISE_SMOOTHING_VOXELS)
     noise *= NOISE_STD / noise.std()
     return np.clip(np.exp(-distance / BOUNDARY_DECAY_VOXELS) + noise, 0, 1).astype(np.float32), voxel_size
 
