@@ -161,7 +161,8 @@ def extract_fragments(setup: WorkerSetup, block) -> None:
     global_ids = np.where(new_ids > 0, new_ids + np.uint64(first_id), np.uint64(0))
 
     plan.arrays["fragments"].write(write_roi, global_ids[labels[inner.to_slices()]])
-    write_claims(plan, block, labels, inner, global_ids | np.where(open_labels(plan, block.read_roi, labels) & (global_ids != 0), OPEN_BASIN, np.uint64(0)))
+    open_basins = open_labels(plan, block.read_roi, labels) & (global_ids != 0)
+    write_claims(plan, block, labels, inner, np.where(open_basins, global_ids | OPEN_BASIN, global_ids))
     ids, positions, sizes = fragment_nodes(local, first_id, write_roi, plan.voxel_size)
     rag.write_nodes(block.block_id[1], ids, positions, sizes)
 
